@@ -1,0 +1,48 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := espeak-ng flac libsndfile1
+PROFILE ?= default
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test test-fast test-reliability compile pipeline-local lint clean
+
+setup: .apt-stamp $(STAMP)  ## install system packages + the venv from the lock (idempotent)
+
+.apt-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+run: setup  ## the default DAG on this machine (dvc repro)
+	$(BIN)/dvc repro
+
+test: setup  ## the whole test suite (unit + micro-profile integration)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+compile: setup  ## KFP pipelines -> IR YAML under build/
+	$(BIN)/python -m pipelines.compile --out build
+
+pipeline-local: setup  ## the training pipeline on micro through kfp.local (no cluster)
+	$(BIN)/python -m pipelines.local_run --profile micro
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,277 @@
+"""Typed, frozen configuration: params.yaml + a profile override file + --set overrides.
+
+`load_config(profile=None, overrides=(), params_file=...)` reads `params.yaml` (the
+default profile), merges `configs/<profile>.yaml` when `profile` names one, then the
+dotted `KEY=VALUE` overrides, and validates the result. Any unknown key or bad value is
+a `ConfigError` whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+LANGUAGES = ("english", "german", "dutch", "french", "spanish", "italian", "portuguese", "polish")
+Language = Literal["english", "german", "dutch", "french", "spanish", "italian", "portuguese", "polish"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error naming the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    train_per_language: int = Field(1500, ge=1)
+    dev_per_language: int = Field(200, ge=1)
+    test_per_language: int = Field(200, ge=1)
+    train_speakers: int = Field(12, ge=1)  # voice configurations per language for train
+    eval_speakers: int = Field(4, ge=1)  # disjoint voice configurations for dev/test
+    min_words: int = Field(4, ge=1)
+    max_words: int = Field(30, ge=1)
+
+
+class MlsConfig(_Section):
+    base_url: str = "https://dl.fbaipublicfiles.com/mls"
+    archive_format: Literal["flac", "opus"] = "flac"
+    splits: tuple[Literal["train", "dev", "test"], ...] = ("train", "dev", "test")
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "mls"] = "synthetic"
+    languages: tuple[Language, ...] = LANGUAGES
+    synthetic: SyntheticConfig = SyntheticConfig()
+    mls: MlsConfig = MlsConfig()
+    num_workers: int = Field(0, ge=0)  # 0 = all cores
+
+
+class FeaturesConfig(_Section):
+    num_mel_bins: int = Field(80, ge=1)
+    frame_length_ms: float = Field(25.0, gt=0)
+    frame_shift_ms: float = Field(10.0, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class TokenizerConfig(_Section):
+    vocab_size: int = Field(256, ge=8)
+    model_type: Literal["unigram", "bpe", "char"] = "unigram"
+
+
+class EncoderConfig(_Section):
+    d_model: int = Field(144, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    ffn_dim: int = Field(576, ge=8)
+    kernel_size: int = Field(15, ge=3)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class AugmentConfig(_Section):
+    specaugment: bool = True
+    freq_masks: int = Field(2, ge=0)
+    freq_mask_width: int = Field(15, ge=0)
+    time_masks: int = Field(2, ge=0)
+    time_mask_ratio: float = Field(0.05, ge=0, le=1)
+    speed_perturb: tuple[float, ...] = ()  # e.g. (0.9, 1.1); empty = off
+
+
+class TrainConfig(_Section):
+    """One trainer serves both stages; each stage has its own copy of these knobs."""
+
+    max_duration_s: float = Field(150.0, gt=0)  # audio seconds per batch (bucketing sampler)
+    num_buckets: int = Field(10, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    max_minutes: float = Field(0.0, ge=0)  # wall-clock cap; 0 = none
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where measured faster
+    valid_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class CtcConfig(_Section):
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+
+
+class LlmConfig(_Section):
+    source: Literal["smollm2", "hub", "random"] = "smollm2"
+    name_or_path: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # only for source=random (micro): a tiny Llama
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    gradient_checkpointing: bool = False
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, ge=0)  # 0 = frozen LLM
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class SpeechLlmConfig(_Section):
+    stride_ms: int = Field(160, ge=40, multiple_of=40)
+    projector: Literal["linear", "ctc_mix"] = "linear"
+    freeze_encoder: bool = False
+    aux_ctc_weight: float = Field(0.0, ge=0)
+    prompt: str = ""  # optional text instruction placed after the audio
+    llm: LlmConfig = LlmConfig()
+    lora: LoraConfig = LoraConfig()
+    warmup_projector_steps: int = Field(0, ge=0)  # LLM frozen for the first N steps
+    train: TrainConfig = TrainConfig(lr=5e-4, max_duration_s=100.0)
+
+
+class DecodingConfig(_Section):
+    beam_size: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    tokens_per_second: float = Field(8.0, gt=0)  # max_new_tokens bound from audio duration
+    min_new_tokens_bound: int = Field(8, ge=1)
+    repetition_penalty: float = Field(1.0, ge=1.0)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    max_repeat_run: int = Field(4, ge=2)  # loop guard: stop a sequence repeating an n-gram this often
+    segment_s: float = Field(20.0, gt=1)  # long-form: window length
+    overlap_s: float = Field(2.0, ge=0)
+
+
+class EvaluateConfig(_Section):
+    split: Literal["train", "dev", "test"] = "test"
+    max_utterances_per_language: int = Field(0, ge=0)  # 0 = all
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI or sqlite:///<workdir>/mlflow.db
+    experiment: str = "llm-asr"
+    registered_model: str = "llm-asr"
+
+
+class Config(_Section):
+    profile: str = "default"
+    seed: int = 1234
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    ctc: CtcConfig = CtcConfig()
+    speech_llm: SpeechLlmConfig = SpeechLlmConfig()
+    decoding: DecodingConfig = DecodingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, e.g. for MLflow params."""
+        return _flatten(self.to_dict())
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = d
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b=3' -> ('a.b', 3); the value is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not KEY=VALUE (e.g. --set speech_llm.stride_ms=240)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key '{key}' (check spelling against params.yaml)"
+    return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    params_file: Path | str | None = None,
+    configs_dir: Path | str | None = None,
+) -> Config:
+    """Load params.yaml, merge the profile's override file and --set overrides, validate."""
+    params_path = Path(params_file) if params_file else REPO_ROOT / "params.yaml"
+    cfg_dir = Path(configs_dir) if configs_dir else params_path.parent / "configs"
+    raw = _read_yaml(params_path) if params_path.exists() else {}
+    parsed = [parse_override(o) for o in overrides]
+    # a --set profile=... counts like --profile; an explicit --profile wins
+    for key, value in parsed:
+        if key == "profile" and profile is None:
+            profile = str(value)
+    profile = profile or raw.get("profile") or "default"
+    if profile != "default":
+        prof_path = cfg_dir / f"{profile}.yaml"
+        if not prof_path.exists():
+            known = sorted(p.stem for p in cfg_dir.glob("*.yaml"))
+            raise ConfigError(f"unknown profile '{profile}' (known: default, {', '.join(known)})")
+        raw = _deep_merge(raw, _read_yaml(prof_path))
+    raw["profile"] = profile
+    for key, value in parsed:
+        if key != "profile":
+            _set_dotted(raw, key, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_first_error(e)) from None

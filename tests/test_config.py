@@ -1,0 +1,51 @@
+import pytest
+
+from llm_asr.config import ConfigError, load_config
+
+
+def test_default_profile_loads():
+    cfg = load_config()
+    assert cfg.profile == "default"
+    assert len(cfg.data.languages) == 8
+
+
+def test_micro_overrides_only_what_differs():
+    cfg = load_config("micro")
+    assert cfg.profile == "micro"
+    assert cfg.data.synthetic.train_per_language <= 10
+    assert cfg.speech_llm.llm.source == "random"
+    assert cfg.features.num_mel_bins == 80  # inherited from params.yaml
+
+
+def test_set_overrides_and_profile_via_set():
+    cfg = load_config(overrides=["profile=micro", "speech_llm.stride_ms=240", "speech_llm.lora.rank=0"])
+    assert cfg.profile == "micro"
+    assert cfg.speech_llm.stride_ms == 240
+    assert cfg.speech_llm.lora.rank == 0
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("ctc.encoder.foo=1", "ctc.encoder.foo"),
+        ("speech_llm.stride_ms=100", "speech_llm.stride_ms"),
+        ("data.languages=[klingon]", "data.languages.0"),
+        ("speech_llm.lora.rank=-1", "speech_llm.lora.rank"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_unknown_profile():
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_config("nope")
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
