@@ -25,6 +25,7 @@ setup: .apt-stamp $(STAMP)  ## install system packages + the venv from the lock 
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check pip==26.3 setuptools==84.2.1 wheel==0.47.0
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
