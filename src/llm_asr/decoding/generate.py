@@ -1,0 +1,197 @@
+"""Batched greedy and beam-search decoding of a `SpeechLlm`, with a KV cache and left padding.
+
+Every row carries its own token budget (`max_new_tokens`, derived from its audio duration by
+`token_budget`), and a loop guard: a row whose output ends in the same n-gram repeated
+`max_repeat_run` times is stopped and the repeats are cut to one. Repetition penalty and
+no-repeat n-gram come from transformers' logits processors. Because position ids count
+real tokens only and padding is masked, a row decodes the same in a batch as alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_asr.models.speech_llm import LlmInputs, SpeechLlm
+
+MAX_LOOP_NGRAM = 8
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    beam_size: int = 1
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    max_repeat_run: int = 4  # 0 disables the loop guard
+    use_cache: bool = True
+
+
+def token_budget(durations_s: list[float], tokens_per_second: float, minimum: int) -> list[int]:
+    return [max(minimum, int(d * tokens_per_second + 0.999)) for d in durations_s]
+
+
+def loop_cut(tokens: list[int], max_run: int, max_ngram: int = MAX_LOOP_NGRAM) -> int | None:
+    """Length to keep if `tokens` ends in an n-gram repeated `max_run` times in a row, else None."""
+    for n in range(1, max_ngram + 1):
+        if len(tokens) < n * max_run:
+            break
+        gram = tokens[-n:]
+        if all(tokens[-(k + 1) * n : len(tokens) - k * n] == gram for k in range(1, max_run)):
+            return len(tokens) - (max_run - 1) * n
+    return None
+
+
+class _Stepper:
+    """Runs the LLM one step at a time, with or without a KV cache."""
+
+    def __init__(self, model: SpeechLlm, inp: LlmInputs, use_cache: bool) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.use_cache = model, use_cache
+        self.embeds, self.mask, self.positions = inp.embeds, inp.mask, inp.positions
+        self.cache = DynamicCache() if use_cache else None
+
+    def first(self) -> torch.Tensor:
+        return self._run(self.embeds, self.mask, self.positions)
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [R] -> logits [R, V] for the following position."""
+        new = self.model.embed_tokens(tokens)[:, None, :].to(self.embeds.dtype)  # [R, 1, H]
+        pos = self.positions[:, -1:] + 1  # [R, 1]
+        self.mask = torch.cat([self.mask, torch.ones_like(pos)], 1)
+        self.positions = torch.cat([self.positions, pos], 1)
+        if self.use_cache:
+            return self._run(new, self.mask, pos)
+        self.embeds = torch.cat([self.embeds, new], 1)
+        return self._run(self.embeds, self.mask, self.positions)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.mask, self.positions = self.mask[index], self.positions[index]
+        if self.use_cache:
+            self.cache.reorder_cache(index)
+        else:
+            self.embeds = self.embeds[index]
+
+    def expand(self, k: int) -> None:
+        index = torch.arange(self.mask.shape[0]).repeat_interleave(k)
+        self.mask, self.positions, self.embeds = self.mask[index], self.positions[index], self.embeds[index]
+        if self.use_cache:
+            self.cache.batch_repeat_interleave(k)
+
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model.base_llm.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            past_key_values=self.cache, use_cache=self.use_cache,
+        )
+        return self.model.lm_head(out.last_hidden_state[:, -1]).float()  # [R, V]
+
+
+def _processors(s: GenerationSettings) -> list:
+    from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    procs = []
+    if s.repetition_penalty > 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
+    if s.no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGramLogitsProcessor(s.no_repeat_ngram_size))
+    return procs
+
+
+def _process(procs: list, history: torch.Tensor, logits: torch.Tensor, pad_id: int) -> torch.Tensor:
+    logits = logits.clone()
+    logits[:, pad_id] = float("-inf")  # pad marks finished rows, so it is never a real output
+    if history.shape[1] == 0:
+        return logits
+    for p in procs:
+        logits = p(history, logits)
+    return logits
+
+
+@torch.no_grad()
+def generate(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings) -> list[list[int]]:
+    """Token ids per row (no EOS), greedy when beam_size == 1."""
+    if s.beam_size > 1:
+        return _beam(model, inp, max_new, s)
+    return _greedy(model, inp, max_new, s)
+
+
+def _greedy(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings) -> list[list[int]]:
+    b = inp.embeds.shape[0]
+    step, procs = _Stepper(model, inp, s.use_cache), _processors(s)
+    out: list[list[int]] = [[] for _ in range(b)]
+    done = [m <= 0 for m in max_new]
+    history = torch.zeros(b, 0, dtype=torch.long, device=inp.embeds.device)
+    logits = step.first()
+    for t in range(max(max_new)):
+        nxt = _process(procs, history, logits, model.pad_id).argmax(-1)  # [B]
+        for i in range(b):
+            if done[i]:
+                continue
+            tok = int(nxt[i])
+            if tok == model.eos_id:
+                done[i] = True
+                continue
+            out[i].append(tok)
+            cut = loop_cut(out[i], s.max_repeat_run) if s.max_repeat_run else None
+            if cut is not None:
+                out[i], done[i] = out[i][:cut], True
+            elif len(out[i]) >= max_new[i]:
+                done[i] = True
+        if all(done):
+            break
+        nxt = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, model.pad_id), nxt)
+        history = torch.cat([history, nxt[:, None]], 1)
+        logits = step.next(nxt)
+    return out
+
+
+def _beam(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings) -> list[list[int]]:
+    """Beam search over B x K hypotheses; a finished hypothesis keeps its score and emits pad."""
+    b, k, dev = inp.embeds.shape[0], s.beam_size, inp.embeds.device
+    step, procs = _Stepper(model, inp, s.use_cache), _processors(s)
+    logits = step.first().repeat_interleave(k, 0)  # [B*K, V]
+    step.expand(k)
+    scores = torch.full((b, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: only one may expand at first
+    history = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
+    done = torch.zeros(b * k, dtype=torch.bool, device=dev)
+    length = torch.zeros(b * k, dtype=torch.long, device=dev)  # kept tokens (EOS and loop tail excluded)
+    budget = torch.tensor(max_new, device=dev).repeat_interleave(k)
+    for t in range(max(max_new)):
+        logp = _process(procs, history, logits, model.pad_id).log_softmax(-1)  # [B*K, V]
+        force_eos = ~done & (t >= budget)
+        logp[force_eos] = float("-inf")
+        logp[force_eos, model.eos_id] = 0.0
+        logp[done] = float("-inf")
+        logp[done, model.pad_id] = 0.0  # finished: one continuation, score unchanged
+        cand = (scores.reshape(-1, 1) + logp).reshape(b, -1)  # [B, K*V]
+        top, idx = cand.topk(k, dim=1)  # [B, K]
+        vocab = logp.shape[1]
+        src = (idx // vocab + torch.arange(b, device=dev)[:, None] * k).reshape(-1)  # [B*K]
+        tok = (idx % vocab).reshape(-1)  # [B*K]
+        scores, done, length, history = top, done[src], length[src], history[src]
+        newly = ~done & (tok == model.eos_id)
+        grow = ~done & ~newly
+        length = length + grow.long()
+        done = done | newly
+        tok = torch.where(grow, tok, torch.full_like(tok, model.pad_id))
+        history = torch.cat([history, tok[:, None]], 1)
+        if s.max_repeat_run:
+            for r in grow.nonzero().flatten().tolist():
+                seq = history[r, history[r] != model.pad_id].tolist()
+                cut = loop_cut(seq, s.max_repeat_run)
+                if cut is not None:
+                    done[r], length[r] = True, cut
+        if bool(done.all()):
+            break
+        step.reorder(src)
+        logits = step.next(tok)
+    norm = scores.reshape(-1) / (length + 1).float()  # length-normalised log-probability
+    best = norm.reshape(b, k).argmax(1)
+    out = []
+    for i in range(b):
+        r = i * k + int(best[i])
+        seq = history[r, history[r] != model.pad_id].tolist()
+        out.append(seq[: int(length[r])])
+    return out

@@ -1,0 +1,98 @@
+"""Projectors from encoder frames to LLM input embeddings.
+
+Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,H], lens [B])`:
+- `linear` (the paper): stack n frames (`FrameStacker`), then one linear layer to the LLM
+  hidden size H. N = ceil(T/n).
+- `ctc_mix`: frames whose CTC argmax is blank are dropped and runs of the same non-blank
+  argmax are merged (CTC collapse), so N is about the number of CTC pieces spoken. Each
+  kept segment's embedding is the CTC-posterior-weighted mix of the LLM's own embeddings
+  of the CTC pieces, plus a learned projection of the encoder state (initialised at zero).
+  The LLM therefore starts by reading a noisy transcript in its own embedding space
+  (DESIGN section 7) and learns to correct it; the stride does not apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm_asr.models.stacker import FrameStacker
+
+
+class LinearProjector(nn.Module):
+    def __init__(self, enc_dim: int, llm_dim: int, stride_ms: int) -> None:
+        super().__init__()
+        self.stacker = FrameStacker(stride_ms)
+        self.proj = nn.Linear(self.stacker.output_dim(enc_dim), llm_dim)
+
+    def forward(
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked, lens = self.stacker(enc, enc_lens)  # [B, N, n*D]
+        return self.proj(stacked), lens  # [B, N, H]
+
+
+@torch.no_grad()
+def piece_embeddings(pieces: list[str], blank: int, llm: nn.Module, llm_tokenizer: Any) -> torch.Tensor:
+    """[V, H]: the mean LLM input embedding of each CTC piece's text; zeros for blank/specials."""
+    table = llm.get_input_embeddings().weight.detach().float()
+    out = torch.zeros(len(pieces), table.shape[1])
+    for i, piece in enumerate(pieces):
+        if i == blank or (piece.startswith("<") and piece.endswith(">")):
+            continue
+        text = piece.replace("\u2581", " ")
+        ids = llm_tokenizer(text, add_special_tokens=False).input_ids
+        if ids:
+            out[i] = table[ids].mean(0)
+    return out
+
+
+class CtcMixProjector(nn.Module):
+    def __init__(self, enc_dim: int, llm_dim: int, pieces: torch.Tensor, blank: int) -> None:
+        super().__init__()
+        self.blank = blank
+        self.register_buffer("pieces", pieces.clone())  # [V, H], fixed: the LLM's own embeddings
+        self.proj = nn.Linear(enc_dim, llm_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert ctc_logits is not None, "ctc_mix needs the CTC head's logits"
+        b, t, _ = enc.shape
+        post = ctc_logits.float().softmax(-1)  # [B, T, V]
+        best = post.argmax(-1)  # [B, T]
+        valid = torch.arange(t, device=enc.device)[None, :] < enc_lens[:, None]
+        keep = valid & (best != self.blank)
+        # an utterance with only blanks keeps its least-blank frame, so N >= 1
+        empty = ~keep.any(1)
+        if empty.any():
+            least = post[..., self.blank].masked_fill(~valid, 2.0).argmin(1)  # [B]
+            keep[empty, least[empty]] = True
+        prev = torch.nn.functional.pad(best, (1, 0), value=-1)[:, :-1]
+        prev_keep = torch.nn.functional.pad(keep, (1, 0), value=False)[:, :-1]
+        start = keep & (~prev_keep | (best != prev))  # [B, T] a new segment begins
+        seg = torch.cumsum(start.long(), 1) - 1  # [B, T] segment index of each frame
+        lens = start.sum(1)  # [B]
+        n = int(lens.max())
+        nonblank = post.clone()
+        nonblank[..., self.blank] = 0.0
+        nonblank = nonblank / nonblank.sum(-1, keepdim=True).clamp_min(1e-6)  # [B, T, V]
+        frame = self.gain * (nonblank @ self.pieces) + self.proj(enc.float())  # [B, T, H]
+        flat = (torch.arange(b, device=enc.device)[:, None] * n + seg.clamp_min(0))[keep]  # [K]
+        sums = torch.zeros(b * n, frame.shape[-1], device=enc.device).index_add(0, flat, frame[keep])
+        counts = torch.zeros(b * n, device=enc.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
+        emb = (sums / counts.clamp_min(1.0)[:, None]).reshape(b, n, -1)  # [B, N, H]
+        return emb.to(enc.dtype), lens
+
+
+def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, **ctc: Any) -> nn.Module:
+    if kind == "linear":
+        return LinearProjector(enc_dim, llm_dim, stride_ms)
+    if kind == "ctc_mix":
+        return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"])
+    raise ValueError(f"unknown projector '{kind}'")
