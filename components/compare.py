@@ -1,0 +1,34 @@
+"""KFP component: the ablation table (stride x LoRA rank) and plots from this run's MLflow runs."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import PROJECT_IMAGE
+
+
+@dsl.component(base_image=PROJECT_IMAGE)
+def compare(
+    profile: str,
+    overrides: list,
+    pipeline_run: str,
+    reports: Input[List[Dataset]],
+    comparison: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """`llm_asr.compare.run` over the runs of this pipeline run; `reports` are the grid's evaluations."""
+    from pathlib import Path
+
+    from components.workspace import log_metrics, task_workdir
+    from llm_asr import compare as stage
+    from llm_asr.config import load_config
+
+    missing = [r.path for r in reports if not (Path(r.path) / "metrics.json").is_file()]
+    if missing:
+        raise ValueError(f"grid evaluations without metrics.json: {missing}")
+    cfg = load_config(profile, overrides)
+    with task_workdir(pipeline_run=pipeline_run) as paths:
+        Path(comparison.path).mkdir(parents=True, exist_ok=True)
+        result = stage.run(cfg, paths, tags=[f"pipeline_run={pipeline_run}"], out_dir=Path(comparison.path))
+    log_metrics(metrics, result)

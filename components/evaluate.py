@@ -1,0 +1,50 @@
+"""KFP component: per-language WER/CER of the CTC baseline or the speech-LLM on the corpus."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import PROJECT_IMAGE
+
+
+@dsl.component(base_image=PROJECT_IMAGE)
+def evaluate(
+    profile: str,
+    overrides: list,
+    pipeline_run: str,
+    system: str,
+    corpus: Input[Dataset],
+    manifests: Input[Dataset],
+    features: Input[Dataset],
+    ctc_model: Input[Model],
+    report: Output[Dataset],
+    metrics: Output[Metrics],
+    speech_llm_model: Input[Model] = None,
+    stride_ms: int = 0,
+    lora_rank: int = -1,
+):
+    """`llm_asr.stages.evaluate.run`; `report` holds metrics.json, wer.md and wer.png.
+
+    `system` is `ctc` (scores `ctc_model`) or `speech-llm` (scores `speech_llm_model`).
+    """
+    from components.workspace import (
+        CORPUS, CTC_MODEL, FEATURES, MANIFESTS, REPORTS, SPEECH_LLM_MODEL,
+        grid_overrides, log_metrics, task_workdir,
+    )
+    from llm_asr.config import load_config
+    from llm_asr.stages import evaluate as stage
+
+    if system not in ("ctc", "speech-llm"):
+        raise ValueError(f"system must be 'ctc' or 'speech-llm', got '{system}'")
+    if system == "speech-llm" and speech_llm_model is None:
+        raise ValueError("system 'speech-llm' needs the speech_llm_model input")
+    cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank))
+    inputs = {
+        CORPUS: corpus.path, MANIFESTS: manifests.path, FEATURES: features.path, CTC_MODEL: ctc_model.path,
+        SPEECH_LLM_MODEL: speech_llm_model.path if speech_llm_model is not None else None,
+    }
+    sub = f"{REPORTS}/{system.replace('-', '_')}"
+    with task_workdir(inputs, {sub: report.path}, pipeline_run) as paths:
+        model = paths.ctc_model if system == "ctc" else paths.speech_llm_model
+        out = paths.workdir / sub / "metrics.json"
+        result = stage.run(cfg, paths, model=str(model), system=system, out=out)
+    log_metrics(metrics, result)

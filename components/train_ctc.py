@@ -1,0 +1,28 @@
+"""KFP component: stage one, the tokenizer and the conformer CTC encoder (also the baseline)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components import PROJECT_IMAGE
+
+
+@dsl.component(base_image=PROJECT_IMAGE)
+def train_ctc(
+    profile: str,
+    overrides: list,
+    pipeline_run: str,
+    manifests: Input[Dataset],
+    features: Input[Dataset],
+    ctc_model: Output[Model],
+    metrics: Output[Metrics],
+):
+    """`llm_asr.stages.train_ctc.run` from the features into the `ctc_model` artifact."""
+    from components.workspace import CTC_MODEL, FEATURES, MANIFESTS, log_metrics, task_workdir
+    from llm_asr.config import load_config
+    from llm_asr.stages import train_ctc as stage
+
+    cfg = load_config(profile, overrides)
+    inputs = {MANIFESTS: manifests.path, FEATURES: features.path}
+    with task_workdir(inputs, {CTC_MODEL: ctc_model.path}, pipeline_run) as paths:
+        result = stage.run(cfg, paths)
+    log_metrics(metrics, result)

@@ -1,0 +1,88 @@
+"""The training DAG as a Kubeflow pipeline: data -> features -> CTC -> speech-LLM -> evaluate -> register.
+
+Same stages as `dvc.yaml` (each component calls `llm_asr.stages.<stage>.run`). Profile
+and `--set` style overrides are pipeline parameters. Stage two runs in one GPU pod, or,
+with `trainjob_nodes > 0`, as a Kubeflow Trainer TrainJob of N nodes x G GPUs.
+Compile: `make compile`; run locally: `make pipeline-local`; submit: `pipelines/submit.py`.
+"""
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.extract_features import extract_features
+from components.prepare_data import prepare_data
+from components.register import register
+from components.report import report
+from components.train_ctc import train_ctc
+from components.train_speech_llm import train_speech_llm
+from components.train_speech_llm_trainjob import train_speech_llm_trainjob
+from pipelines import platform
+
+PIPELINE_RUN = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+
+def shared_stages(profile: str, overrides: list) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
+    """Data, features and CTC pretraining (also the baseline), shared by both pipelines."""
+    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    data = platform.common(prepare_data(**common), cpu="4", memory="16Gi")
+    feats = platform.common(
+        extract_features(**common, corpus=data.outputs["corpus"], manifests=data.outputs["manifests"]),
+        cpu="8", memory="16Gi",
+    )
+    ctc = platform.on_gpu(
+        train_ctc(**common, manifests=data.outputs["manifests"], features=feats.outputs["features"])
+    )
+    return data, feats, ctc
+
+
+def evaluate_ctc(profile: str, overrides: list, data, feats, ctc) -> dsl.PipelineTask:
+    task = evaluate(
+        profile=profile, overrides=overrides, pipeline_run=PIPELINE_RUN, system="ctc",
+        corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
+        features=feats.outputs["features"], ctc_model=ctc.outputs["ctc_model"],
+    ).set_display_name("evaluate-ctc")
+    return platform.on_gpu(task)
+
+
+@dsl.pipeline(name="llm-asr-training", description="Speech-LLM ASR: the full training DAG on one profile.")
+def training_pipeline(
+    profile: str = "default",
+    overrides: list = [],
+    trainjob_nodes: int = 0,
+    trainjob_gpus_per_node: int = 1,
+    trainjob_namespace: str = "",
+):
+    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    data, feats, ctc = shared_stages(profile, overrides)
+    ctc_eval = evaluate_ctc(profile, overrides, data, feats, ctc)
+    stage_two_inputs = {
+        "manifests": data.outputs["manifests"], "features": feats.outputs["features"],
+        "ctc_model": ctc.outputs["ctc_model"],
+    }
+    with dsl.If(trainjob_nodes == 0, name="stage-two-in-pod"):
+        in_pod = platform.on_gpu(train_speech_llm(**common, **stage_two_inputs))
+    with dsl.Else(name="stage-two-trainjob"):
+        launched = train_speech_llm_trainjob(
+            **common, **stage_two_inputs, num_nodes=trainjob_nodes,
+            gpus_per_node=trainjob_gpus_per_node, namespace=trainjob_namespace,
+        )
+        platform.uncached(platform.common(launched, cpu="1", memory="2Gi"))
+    model = dsl.OneOf(in_pod.outputs["speech_llm_model"], launched.outputs["speech_llm_model"])
+    llm_eval = platform.on_gpu(
+        evaluate(
+            **common, system="speech-llm", corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
+            features=feats.outputs["features"], ctc_model=ctc.outputs["ctc_model"], speech_llm_model=model,
+        ).set_display_name("evaluate-speech-llm")
+    )
+    merged = platform.common(
+        report(**common, ctc_report=ctc_eval.outputs["report"], speech_llm_report=llm_eval.outputs["report"]),
+        cpu="1", memory="2Gi",
+    )
+    platform.uncached(
+        platform.common(
+            register(
+                **common, manifests=data.outputs["manifests"], features=feats.outputs["features"],
+                ctc_model=ctc.outputs["ctc_model"], speech_llm_model=model, results=merged.outputs["results"],
+            )
+        )
+    )
