@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from llm_asr.config import REPO_ROOT, Config
+from llm_asr.errors import UserError
 from llm_asr.paths import Paths
 
 
@@ -75,39 +78,135 @@ def setup(cfg: Config, paths: Paths) -> str:
     return uri
 
 
-def _parent_run_id(cfg: Config) -> str | None:
+def _log_config_params(client: Any, run_id: str, cfg: Config) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:500]) for k, v in cfg.flat().items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _parent_run_id(cfg: Config, paths: Paths) -> tuple[str | None, bool]:
+    """(parent run id, whether we own it): the orchestrator's, or one per pipeline-run name."""
     import mlflow
 
     if os.environ.get("LLM_ASR_PARENT_RUN_ID"):
-        return os.environ["LLM_ASR_PARENT_RUN_ID"]
+        return os.environ["LLM_ASR_PARENT_RUN_ID"], False
     name = os.environ.get("LLM_ASR_PIPELINE_RUN")
     if not name:
-        return None
+        return None, False
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     found = mlflow.search_runs(
         [exp.experiment_id], filter_string=f"tags.pipeline_run = '{name}'", output_format="list", max_results=1
     )
     if found:
-        return found[0].info.run_id
+        return found[0].info.run_id, True
     client = mlflow.MlflowClient()
-    run = client.create_run(exp.experiment_id, run_name=name, tags={"pipeline_run": name})
-    return run.info.run_id
+    tags = {**run_tags(cfg, paths), "pipeline_run": name, "stage": "pipeline"}
+    run = client.create_run(exp.experiment_id, run_name=name, tags=tags)
+    _log_config_params(client, run.info.run_id, cfg)
+    return run.info.run_id, True
 
 
 @contextlib.contextmanager
 def stage_run(cfg: Config, paths: Paths, stage: str, extra_tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run for one stage, nested under the pipeline's parent run when there is one."""
+    """An MLflow run for one stage, nested under the pipeline's parent run when there is one.
+
+    A parent made here from `$LLM_ASR_PIPELINE_RUN` is marked finished (or failed) after
+    each stage, so the UI shows the pipeline's status and duration up to its last stage.
+    """
     import mlflow
 
     setup(cfg, paths)
-    parent = _parent_run_id(cfg)
+    parent, own_parent = _parent_run_id(cfg, paths)
     tags = {**run_tags(cfg, paths), "stage": stage, **(extra_tags or {})}
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
-        flat = cfg.flat()
-        # MLflow caps a batch at 100 params
-        items = [(k, str(v)[:500]) for k, v in flat.items()]
-        for i in range(0, len(items), 100):
-            mlflow.log_params(dict(items[i : i + 100]))
-        yield run
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_name=stage, tags=tags) as run:
+            _log_config_params(mlflow.MlflowClient(), run.info.run_id, cfg)
+            yield run
+        status = "FINISHED"
+    finally:
+        if own_parent:
+            mlflow.MlflowClient().set_terminated(parent, status)
+
+
+def log_eval_metrics(result: dict[str, Any], prefix: str = "") -> None:
+    """Log an evaluate result ({"average_wer", "languages": {lang: {"wer", "cer"}}}) to the active run.
+
+    Names: `<prefix>average_wer`, `<prefix>wer_<language>`, `<prefix>cer_<language>`;
+    `llm-asr compare` reads these.
+    """
+    import mlflow
+
+    metrics = {f"{prefix}average_wer": float(result["average_wer"])}
+    if "average_cer" in result:
+        metrics[f"{prefix}average_cer"] = float(result["average_cer"])
+    for lang, m in result.get("languages", {}).items():
+        for key in ("wer", "cer"):
+            if key in m:
+                metrics[f"{prefix}{key}_{lang}"] = float(m[key])
+    mlflow.log_metrics(metrics)
+
+
+def download_model_dir(cfg: Config, paths: Paths, uri: str) -> Path:
+    """The speech-LLM model directory inside a registered/logged pyfunc (`models:/...`, `runs:/...`).
+
+    Downloads once per model version into `<cache>/mlflow-models/` and returns the
+    directory the pyfunc carries as its `model_dir` artifact.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = tracking_uri(cfg, paths)
+    mlflow.set_tracking_uri(store)
+    try:
+        key = _model_cache_key(store, uri)
+        dest = paths.cache / "mlflow-models" / key
+        if not (dest / "MLmodel").exists():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=_mkdir(dest.parent)))
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+    except MlflowException as e:
+        raise UserError(
+            f"cannot load {uri} from {store}: {e.message.splitlines()[0]} "
+            "(register a model with `llm-asr register`, or pass a local model directory)"
+        ) from None
+    return _pyfunc_model_dir(dest, uri)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _model_cache_key(store: str, uri: str) -> str:
+    """A key naming the exact model behind URI (an alias resolves to its current version)."""
+    import mlflow
+
+    ident = uri
+    if uri.startswith("models:/"):
+        ref = uri[len("models:/") :].rstrip("/")
+        client = mlflow.MlflowClient()
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+            ident = f"{mv.name}/{mv.version}/{mv.source}"
+        elif "/" in ref and not ref.startswith("m-"):
+            name, version = ref.split("/", 1)
+            mv = client.get_model_version(name, version)
+            ident = f"{mv.name}/{mv.version}/{mv.source}"
+    return hashlib.sha256(f"{store}|{ident}".encode()).hexdigest()[:20]
+
+
+def _pyfunc_model_dir(local: Path, uri: str) -> Path:
+    import yaml
+
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if "model_dir" not in artifacts:
+        raise UserError(f"{uri} is not an llm-asr model (its pyfunc has no model_dir artifact)")
+    return local / artifacts["model_dir"]["path"]
