@@ -160,6 +160,12 @@ class TrackingConfig(_Section):
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI or sqlite:///<workdir>/mlflow.db
     experiment: str = "llm-asr"
     registered_model: str = "llm-asr"
+    champion_alias: str = "champion"  # moves only to a version with a lower test WER
+    challenger_alias: str = "challenger"
+    # serving limits (checked in the pyfunc; a request beyond them gets HTTP 400)
+    max_payload_mb: float = Field(25.0, gt=0)  # decoded audio bytes per request
+    max_clips: int = Field(64, ge=1)  # clips per request
+    max_audio_s: float = Field(300.0, gt=0)  # per clip
 
 
 class Config(_Section):
