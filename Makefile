@@ -30,8 +30,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-run: setup  ## the default DAG on this machine (dvc repro)
-	$(BIN)/dvc repro
+run: setup  ## the default DAG on this machine (dvc repro), its stages grouped under one MLflow parent run
+	LLM_ASR_PIPELINE_RUN="$${LLM_ASR_PIPELINE_RUN:-repro-$$(date +%Y%m%d-%H%M%S)}" $(BIN)/dvc repro
 
 test: setup  ## the whole test suite (unit + micro-profile integration)
 	$(BIN)/python -m pytest -q
