@@ -20,7 +20,7 @@ def compare(
     """`llm_asr.compare.run` over the runs of this pipeline run; `reports` are the grid's evaluations."""
     from pathlib import Path
 
-    from components.workspace import log_metrics, task_workdir
+    from components.workspace import log_metrics, pipeline_run_filter, task_workdir
     from llm_asr import compare as stage
     from llm_asr.config import load_config
 
@@ -29,6 +29,6 @@ def compare(
         raise ValueError(f"grid evaluations without metrics.json: {missing}")
     cfg = load_config(profile, overrides)
     with task_workdir(pipeline_run=pipeline_run) as paths:
-        Path(comparison.path).mkdir(parents=True, exist_ok=True)
-        result = stage.run(cfg, paths, tags=[f"pipeline_run={pipeline_run}"], out_dir=Path(comparison.path))
+        tags = pipeline_run_filter(cfg, paths, pipeline_run)
+        result = stage.run(cfg, paths, tags=tags, out_dir=Path(comparison.path))
     log_metrics(metrics, result)

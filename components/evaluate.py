@@ -39,11 +39,11 @@ def evaluate(
         raise ValueError("system 'speech-llm' needs the speech_llm_model input")
     cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank))
     inputs = {
-        CORPUS: corpus.path, MANIFESTS: manifests.path, FEATURES: features.path, CTC_MODEL: ctc_model.path,
-        SPEECH_LLM_MODEL: speech_llm_model.path if speech_llm_model is not None else None,
+        CORPUS: corpus, MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model,
+        SPEECH_LLM_MODEL: speech_llm_model,
     }
     sub = f"{REPORTS}/{system.replace('-', '_')}"
-    with task_workdir(inputs, {sub: report.path}, pipeline_run) as paths:
+    with task_workdir(inputs, {sub: report}, pipeline_run) as paths:
         model = paths.ctc_model if system == "ctc" else paths.speech_llm_model
         out = paths.workdir / sub / "metrics.json"
         result = stage.run(cfg, paths, model=str(model), system=system, out=out)

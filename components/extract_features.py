@@ -22,7 +22,7 @@ def extract_features(
     from llm_asr.stages import extract_features as stage
 
     cfg = load_config(profile, overrides)
-    inputs = {CORPUS: corpus.path, MANIFESTS: manifests.path}
-    with task_workdir(inputs, {FEATURES: features.path}, pipeline_run) as paths:
+    inputs = {CORPUS: corpus, MANIFESTS: manifests}
+    with task_workdir(inputs, {FEATURES: features}, pipeline_run) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -21,7 +21,7 @@ def prepare_data(
     from llm_asr.stages import prepare_data as stage
 
     cfg = load_config(profile, overrides)
-    outputs = {CORPUS: corpus.path, MANIFESTS: manifests.path}
+    outputs = {CORPUS: corpus, MANIFESTS: manifests}
     with task_workdir(outputs=outputs, pipeline_run=pipeline_run) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

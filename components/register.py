@@ -30,10 +30,10 @@ def register(
 
     cfg = load_config(profile, overrides)
     inputs = {
-        MANIFESTS: manifests.path, FEATURES: features.path, CTC_MODEL: ctc_model.path,
-        SPEECH_LLM_MODEL: speech_llm_model.path,
+        MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model,
+        SPEECH_LLM_MODEL: speech_llm_model,
     }
-    with task_workdir(inputs, {REPORTS: registration.path}, pipeline_run) as paths:
+    with task_workdir(inputs, {REPORTS: registration}, pipeline_run) as paths:
         shutil.copytree(results.path, paths.reports, dirs_exist_ok=True)
         result = stage.run(cfg, paths, model=paths.speech_llm_model)
     log_metrics(metrics, result)

@@ -24,7 +24,7 @@ def report(
     from llm_asr.stages import report as stage
 
     cfg = load_config(profile, overrides)
-    with task_workdir(outputs={REPORTS: results.path}, pipeline_run=pipeline_run) as paths:
+    with task_workdir(outputs={REPORTS: results}, pipeline_run=pipeline_run) as paths:
         # small files: copied, so the results artifact is self-contained
         shutil.copytree(ctc_report.path, paths.reports / "ctc", dirs_exist_ok=True)
         shutil.copytree(speech_llm_report.path, paths.reports / "speech_llm", dirs_exist_ok=True)

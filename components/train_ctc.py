@@ -22,7 +22,7 @@ def train_ctc(
     from llm_asr.stages import train_ctc as stage
 
     cfg = load_config(profile, overrides)
-    inputs = {MANIFESTS: manifests.path, FEATURES: features.path}
-    with task_workdir(inputs, {CTC_MODEL: ctc_model.path}, pipeline_run) as paths:
+    inputs = {MANIFESTS: manifests, FEATURES: features}
+    with task_workdir(inputs, {CTC_MODEL: ctc_model}, pipeline_run) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

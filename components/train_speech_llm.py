@@ -30,7 +30,7 @@ def train_speech_llm(
     from llm_asr.stages import train_speech_llm as stage
 
     cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank))
-    inputs = {MANIFESTS: manifests.path, FEATURES: features.path, CTC_MODEL: ctc_model.path}
-    with task_workdir(inputs, {SPEECH_LLM_MODEL: speech_llm_model.path}, pipeline_run) as paths:
+    inputs = {MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model}
+    with task_workdir(inputs, {SPEECH_LLM_MODEL: speech_llm_model}, pipeline_run) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -35,14 +35,21 @@ def train_speech_llm_trainjob(
     from pathlib import Path
 
     from components.trainjob import TrainJobRequest, submit
-    from components.workspace import CTC_MODEL, FEATURES, MANIFESTS, SHARED_MOUNT, SPEECH_LLM_MODEL, grid_overrides
+    from components.workspace import (
+        CTC_MODEL, FEATURES, MANIFESTS, SHARED_MOUNT, SPEECH_LLM_MODEL, WRITTEN_AT, grid_overrides,
+    )
 
+    # the TrainJob's pods see only the shared PVC: stage the inputs there
     workdir = Path(SHARED_MOUNT) / "runs" / (pipeline_run or "manual") / uuid.uuid4().hex[:8]
-    for rel, src in {MANIFESTS: manifests.path, FEATURES: features.path, CTC_MODEL: ctc_model.path}.items():
-        shutil.copytree(src, workdir / rel)
+    links = {}
+    for rel, artifact in {MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model}.items():
+        shutil.copytree(artifact.path, workdir / rel)
+        if artifact.metadata.get(WRITTEN_AT):
+            links[artifact.metadata[WRITTEN_AT]] = str(workdir / rel)
     req = TrainJobRequest(
         profile=profile, overrides=tuple(grid_overrides(overrides, stride_ms, lora_rank)), workdir=str(workdir),
         num_nodes=num_nodes, gpus_per_node=gpus_per_node, labels={"llm-asr/pipeline-run": pipeline_run[:63]},
+        links=links,
     )
     start = time.time()
     name = submit(req, namespace=namespace or None)

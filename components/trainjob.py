@@ -27,12 +27,25 @@ NODE = "node"  # the runtime's trainer replicated job and container
 SHARED_VOLUME = "llm-asr-shared"
 
 
-def train_speech_llm_ddp(profile: str, overrides: list, workdir: str) -> None:
-    """Run on every rank by torchrun: stage two on the shared workdir (the trainer sets up DDP)."""
+def train_speech_llm_ddp(profile: str, overrides: list, workdir: str, links: dict | None = None) -> None:
+    """Run on every rank by torchrun: stage two on the shared workdir (the trainer sets up DDP).
+
+    `links` maps paths that manifests name (where upstream stages wrote them) to their
+    copies under `workdir`; each node recreates them before reading.
+    """
+    import os
+    from pathlib import Path
+
     from llm_asr.config import load_config
     from llm_asr.paths import Paths
     from llm_asr.stages import train_speech_llm
 
+    for link, target in (links or {}).items():
+        Path(link).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(target, link, target_is_directory=True)
+        except FileExistsError:  # another local rank made it first
+            pass
     train_speech_llm.run(load_config(profile, list(overrides)), Paths.at(workdir))
 
 
@@ -51,6 +64,7 @@ class TrainJobRequest:
     pvc: str = "llm-asr-shared"
     name: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # see train_speech_llm_ddp
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
@@ -67,7 +81,9 @@ def trainer(req: TrainJobRequest) -> Any:
         resources["gpu"] = req.gpus_per_node
     return CustomTrainer(
         func=train_speech_llm_ddp,
-        func_args={"profile": req.profile, "overrides": list(req.overrides), "workdir": req.workdir},
+        func_args={
+            "profile": req.profile, "overrides": list(req.overrides), "workdir": req.workdir, "links": req.links,
+        },
         image=req.image,
         num_nodes=req.num_nodes,
         resources_per_node=resources,

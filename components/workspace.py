@@ -2,11 +2,11 @@
 
 A stage reads and writes fixed places under a workdir (`llm_asr.paths.Paths`); a KFP
 task gets one local directory per input and output artifact. `task_workdir` makes a
-fresh per-task workdir whose sub-trees (`data/features`, `models/ctc`, ...) are symlinks
-to those artifact directories, so the stage writes straight into its output artifacts
-and reads its inputs where KFP put them, with nothing copied. The same code runs under
-`kfp.local` (artifacts under the local pipeline root) and on a cluster (artifacts staged
-by the KFP launcher from the object store).
+fresh per-task workdir whose input sub-trees (`data/features`, `models/ctc`, ...) are
+links to the input artifacts, lets the stage write its outputs there, then moves them
+into the output artifacts. The same code runs under `kfp.local` (artifacts under the
+local pipeline root) and on a cluster (artifacts staged by the KFP launcher from the
+object store).
 
 This module is imported inside lightweight components, so it must be importable in the
 project image (`infra/Dockerfile` puts the repo root on PYTHONPATH) and locally (the
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +34,8 @@ REPORTS = "reports"
 
 # Shared storage (a ReadWriteMany PVC on the cluster): download caches and TrainJob workdirs.
 SHARED_MOUNT = "/mnt/llm-asr"
+# artifact metadata key: the absolute path the producing stage wrote the artifact at
+WRITTEN_AT = "llm_asr_written_at"
 
 
 def grid_overrides(overrides: list[str], stride_ms: int = 0, lora_rank: int = -1) -> list[str]:
@@ -46,6 +49,11 @@ def grid_overrides(overrides: list[str], stride_ms: int = 0, lora_rank: int = -1
 
 
 def _link(link: Path, target: str | os.PathLike[str]) -> None:
+    """Make `link` point at `target`, replacing a stale link; leave an existing real path alone."""
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        return
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(Path(target).resolve(), target_is_directory=True)
 
@@ -60,17 +68,34 @@ def _configure_env(pipeline_run: str) -> None:
         os.environ.setdefault("HF_HOME", str(shared / "hf"))
 
 
+def _publish(produced: Path, artifact: Any) -> None:
+    """Move a stage's output dir into its artifact and leave a link behind.
+
+    The producer's path goes into the artifact's metadata: files written there may name
+    absolute paths under it (lhotse manifests do), so consumers recreate it as a link.
+    """
+    dest = Path(artifact.path)
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in produced.iterdir():
+        shutil.move(str(child), str(dest / child.name))
+    produced.rmdir()
+    _link(produced, dest)
+    artifact.metadata[WRITTEN_AT] = str(produced)
+
+
 @contextlib.contextmanager
 def task_workdir(
-    inputs: Mapping[str, str | None] = (),  # type: ignore[assignment]
-    outputs: Mapping[str, str] = (),  # type: ignore[assignment]
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
     pipeline_run: str = "",
 ) -> Iterator[Any]:
-    """Yield `Paths` of a fresh workdir whose sub-trees link to the task's artifact dirs.
+    """Yield `Paths` of a fresh workdir laid out from the task's artifacts.
 
-    `inputs` / `outputs` map a workdir-relative location (e.g. `FEATURES`) to an
-    artifact path; output dirs are created. Inputs given as None are skipped (optional
-    artifacts). The working directory is the workdir while the stage runs.
+    `inputs` / `outputs` map a workdir-relative location (e.g. `FEATURES`) to a KFP
+    artifact (None: an absent optional input). Inputs are linked in (and also at the
+    path their producer wrote them at); outputs start as empty real directories and
+    move into their artifacts when the stage returns. The working directory is the
+    workdir while the stage runs.
     """
     from llm_asr.paths import Paths
 
@@ -78,19 +103,40 @@ def task_workdir(
     root = os.environ.get("LLM_ASR_KFP_WORK_ROOT") or None
     if root:
         Path(root).mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="llm-asr-task-", dir=root))
-    for rel, src in dict(inputs).items():
-        if src:
-            _link(workdir / rel, src)
-    for rel, dst in dict(outputs).items():
-        Path(dst).mkdir(parents=True, exist_ok=True)
-        _link(workdir / rel, dst)
+    workdir = Path(tempfile.mkdtemp(prefix="llm-asr-task-", dir=root)).resolve()
+    for rel, artifact in (inputs or {}).items():
+        if artifact is None:
+            continue
+        _link(workdir / rel, artifact.path)
+        written_at = artifact.metadata.get(WRITTEN_AT)
+        if written_at:
+            _link(Path(written_at), artifact.path)
+    for rel in outputs or {}:
+        (workdir / rel).mkdir(parents=True)
     previous = Path.cwd()
     os.chdir(workdir)
     try:
         yield Paths.at(workdir)
+        for rel, artifact in (outputs or {}).items():
+            _publish(workdir / rel, artifact)
     finally:
         os.chdir(previous)
+
+
+def pipeline_run_filter(cfg: Any, paths: Any, pipeline_run: str) -> list[str]:
+    """`compare` tag filter selecting this pipeline run's stage runs (children of its MLflow parent)."""
+    import mlflow
+
+    from llm_asr import tracking
+
+    tracking.setup(cfg, paths)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    found = mlflow.search_runs(
+        [exp.experiment_id], filter_string=f"tags.pipeline_run = '{pipeline_run}'", output_format="list", max_results=1
+    )
+    if not found:
+        raise RuntimeError(f"no MLflow parent run tagged pipeline_run={pipeline_run}: did the grid log to this server?")
+    return [f"mlflow.parentRunId={found[0].info.run_id}"]
 
 
 def numbers(result: Any, prefix: str = "") -> dict[str, float]:
