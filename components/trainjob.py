@@ -22,7 +22,7 @@ from components import PROJECT_IMAGE
 from components.workspace import SHARED_MOUNT
 
 RUNTIME = "torch-distributed"
-RUNTIME_MANIFEST = Path(__file__).resolve().parents[1] / "infra/base/trainer/torch-distributed.yaml"
+RUNTIME_MANIFEST = Path(__file__).resolve().parents[1] / "infra/cluster/torch-distributed.yaml"
 NODE = "node"  # the runtime's trainer replicated job and container
 SHARED_VOLUME = "llm-asr-shared"
 
@@ -30,8 +30,9 @@ SHARED_VOLUME = "llm-asr-shared"
 def train_speech_llm_ddp(profile: str, overrides: list, workdir: str, links: dict | None = None) -> None:
     """Run on every rank by torchrun: stage two on the shared workdir (the trainer sets up DDP).
 
-    `links` maps paths that manifests name (where upstream stages wrote them) to their
-    copies under `workdir`; each node recreates them before reading.
+    links maps paths that manifests name (where upstream stages wrote them) to their
+    copies under workdir; each node recreates them before reading. The SDK embeds this
+    source in a bash heredoc, so it must not contain backticks or dollar signs.
     """
     import os
     from pathlib import Path
@@ -78,7 +79,7 @@ def trainer(req: TrainJobRequest) -> Any:
 
     resources: dict[str, Any] = {"cpu": req.cpu_per_node, "memory": req.memory_per_node}
     if req.gpus_per_node:
-        resources["gpu"] = req.gpus_per_node
+        resources["gpu"] = str(req.gpus_per_node)  # a Kubernetes quantity, not a float
     return CustomTrainer(
         func=train_speech_llm_ddp,
         func_args={
