@@ -1,0 +1,80 @@
+"""lhotse manifests from validated MLS items: what `lhotse.recipes.mls.prepare_mls` builds, minus
+the utterances `read_mls_dir` skipped.
+
+Written under the manifests dir, with lhotse's MLS recipe names:
+`mls-<language>_recordings_<split>.jsonl.gz`, `mls-<language>_supervisions_<split>.jsonl.gz`,
+and one CutSet per split over all languages, `cuts_<split>.jsonl.gz`. Every supervision
+carries `language` (the MLS name, e.g. "german") and the transcript as `text`.
+Audio paths are absolute. Items are sorted by id, so the files are byte-stable.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from lhotse import AudioSource, CutSet, MonoCut, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+from lhotse.qa import validate_recordings_and_supervisions
+
+from llm_asr.data.audio import SAMPLE_RATE
+from llm_asr.data.mls import MlsItem
+
+
+def to_lhotse(items: list[MlsItem]) -> tuple[RecordingSet, SupervisionSet]:
+    recordings, supervisions = [], []
+    for it in sorted(items, key=lambda x: x.id):
+        recordings.append(
+            Recording(
+                id=it.id,
+                sources=[AudioSource(type="file", channels=[0], source=str(it.audio_path))],
+                sampling_rate=SAMPLE_RATE,
+                num_samples=it.num_samples,
+                duration=it.num_samples / SAMPLE_RATE,
+            )
+        )
+        supervisions.append(
+            SupervisionSegment(
+                id=it.id,
+                recording_id=it.id,
+                start=0.0,
+                duration=it.num_samples / SAMPLE_RATE,
+                channel=0,
+                text=it.text,
+                language=it.language,
+                speaker=it.speaker,
+                gender=it.gender,
+            )
+        )
+    recs, sups = RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions)
+    validate_recordings_and_supervisions(recs, sups)
+    return recs, sups
+
+
+def write_manifests(items: list[MlsItem], split: str, out_dir: Path) -> CutSet:
+    """Per-language recordings/supervisions + the all-language CutSet for one split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_lang: dict[str, list[MlsItem]] = defaultdict(list)
+    for it in items:
+        by_lang[it.language].append(it)
+    for language, its in sorted(by_lang.items()):
+        recs, sups = to_lhotse(its)
+        recs.to_file(out_dir / f"mls-{language}_recordings_{split}.jsonl.gz")
+        sups.to_file(out_dir / f"mls-{language}_supervisions_{split}.jsonl.gz")
+    recs, sups = to_lhotse(items)
+    # one cut per utterance, cut id = utterance id (CutSet.from_manifests would add a suffix)
+    cuts = CutSet.from_cuts(
+        MonoCut(id=sup.id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup])
+        for rec, sup in zip(recs, sups)
+    )
+    cuts.to_file(out_dir / f"cuts_{split}.jsonl.gz")
+    return cuts
+
+
+def summarize(items: list[MlsItem]) -> dict[str, dict[str, float]]:
+    """{language: {"utterances": n, "hours": h}} for one split."""
+    out: dict[str, dict[str, float]] = {}
+    for it in items:
+        s = out.setdefault(it.language, {"utterances": 0, "hours": 0.0})
+        s["utterances"] += 1
+        s["hours"] += it.duration / 3600
+    return {k: {"utterances": v["utterances"], "hours": round(v["hours"], 4)} for k, v in sorted(out.items())}

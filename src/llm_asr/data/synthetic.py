@@ -1,0 +1,194 @@
+"""Synthetic MLS: LibreOffice help sentences spoken by espeak-ng voices, in the exact MLS layout.
+
+A speaker is one espeak-ng voice configuration (variant, rate in words/min, pitch).
+Train and dev/test speakers use disjoint variants, as MLS keeps speakers disjoint.
+Speaker ids are `<language index><3 digits>` (1000.. english, 2000.. german, ...) so
+ids are unique across languages; a speaker's utterances are grouped into books of 50.
+Everything is a pure function of the seed: the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from llm_asr.config import LANGUAGES, Config
+from llm_asr.data.audio import SAMPLE_RATE, resample
+from llm_asr.data.text import normalize_transcript, sentences_for_all
+from llm_asr.errors import UserError
+
+ESPEAK_VOICE = {
+    "english": "en-us", "german": "de", "dutch": "nl", "french": "fr-fr",
+    "spanish": "es", "italian": "it", "portuguese": "pt", "polish": "pl",
+}  # fmt: skip
+# intelligible espeak-ng variants (gender from the variant file); no whisper/croak/robots
+VARIANTS = (
+    ("m1", "M"), ("m2", "M"), ("m3", "M"), ("m4", "M"), ("m5", "M"), ("m6", "M"), ("m7", "M"),
+    ("m8", "M"), ("f1", "F"), ("f2", "F"), ("f3", "F"), ("f4", "F"), ("f5", "F"), ("adam", "M"),
+    ("andy", "M"), ("annie", "F"), ("belinda", "F"), ("david", "M"), ("edward", "M"), ("linda", "F"),
+    ("max", "M"), ("michael", "M"), ("paul", "M"), ("steph", "F"), ("robert", "M"), ("klatt", "M"),
+)  # fmt: skip
+ESPEAK_RATE = 22050
+BOOK_SIZE = 50
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Voice:
+    speaker: str  # MLS speaker id
+    language: str
+    variant: str
+    gender: str
+    rate: int  # words per minute
+    pitch: int  # 0-99
+
+    @property
+    def espeak_name(self) -> str:
+        return f"{ESPEAK_VOICE[self.language]}+{self.variant}"
+
+    def describe(self) -> str:
+        return f"espeak-ng {self.espeak_name} -s {self.rate} -p {self.pitch}"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    language: str
+    split: str
+    text: str  # what espeak-ng reads (original casing and punctuation)
+    transcript: str  # MLS-normalized
+    voice: Voice
+
+    @property
+    def rel_path(self) -> str:
+        spk, book, _ = self.id.split("_")
+        return f"mls_{self.language}/{self.split}/audio/{spk}/{book}/{self.id}.flac"
+
+
+def make_voices(language: str, n_train: int, n_eval: int, seed: int) -> dict[str, list[Voice]]:
+    """Disjoint voice sets {"train": [...], "eval": [...]} for one language."""
+    if n_train + n_eval > len(VARIANTS):
+        raise UserError(
+            f"data.synthetic: train_speakers + eval_speakers = {n_train + n_eval} exceeds the "
+            f"{len(VARIANTS)} espeak-ng voice variants"
+        )
+    rng = random.Random(f"voices-{seed}-{language}")
+    variants = rng.sample(VARIANTS, n_train + n_eval)
+    base = (LANGUAGES.index(language) + 1) * 1000
+    voices = [
+        Voice(str(base + i), language, var, gender, rate=rng.randrange(130, 200, 5), pitch=rng.randrange(25, 76, 5))
+        for i, (var, gender) in enumerate(variants)
+    ]
+    return {"train": voices[:n_train], "eval": voices[n_train:]}
+
+
+def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utterance]:
+    """Pick disjoint train/dev/test sentences and assign voices round-robin."""
+    syn = cfg.data.synthetic
+    rng = random.Random(f"sentences-{cfg.seed}-{language}")
+    pool = [s for s in sentences if syn.min_words <= len(normalize_transcript(s).split()) <= syn.max_words]
+    rng.shuffle(pool)
+    need = {"test": syn.test_per_language, "dev": syn.dev_per_language, "train": syn.train_per_language}
+    if len(pool) < sum(need.values()):
+        raise UserError(
+            f"{language}: only {len(pool)} usable sentences with {syn.min_words}-{syn.max_words} words, "
+            f"{sum(need.values())} needed; lower data.synthetic.*_per_language"
+        )
+    voices = make_voices(language, syn.train_speakers, syn.eval_speakers, cfg.seed)
+    plan: list[Utterance] = []
+    start = 0
+    count: dict[str, int] = defaultdict(int)  # per speaker, across dev and test: ids stay unique
+    for split in ("test", "dev", "train"):
+        chosen = pool[start : start + need[split]]
+        start += need[split]
+        split_voices = voices["train" if split == "train" else "eval"]
+        for i, sent in enumerate(chosen):
+            voice = split_voices[i % len(split_voices)]
+            k = count[voice.speaker]
+            count[voice.speaker] += 1
+            book = f"{voice.speaker}{k // BOOK_SIZE:02d}"
+            uid = f"{voice.speaker}_{book}_{k % BOOK_SIZE:06d}"
+            plan.append(Utterance(uid, language, split, sent, normalize_transcript(sent), voice))
+    return plan
+
+
+def speak(text: str, voice: Voice) -> np.ndarray:
+    """espeak-ng -> float32 16 kHz mono samples."""
+    cmd = ["espeak-ng", "-v", voice.espeak_name, "-s", str(voice.rate), "-p", str(voice.pitch), "--stdout", text]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, check=True, timeout=60)
+    except FileNotFoundError:
+        raise UserError("espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)") from None
+    except subprocess.CalledProcessError as e:
+        raise UserError(f"espeak-ng failed for voice {voice.espeak_name}: {e.stderr.decode(errors='replace')}") from None
+    # espeak-ng writes a 44-byte WAV header (length fields unset when piping), then int16
+    pcm = np.frombuffer(proc.stdout[44:], dtype="<i2").astype(np.float32) / 32768.0
+    return resample(pcm, ESPEAK_RATE, SAMPLE_RATE)
+
+
+def synthesize_one(args: tuple[Utterance, str]) -> tuple[str, int]:
+    """Speak one utterance and write its FLAC; returns (id, num_samples)."""
+    utt, corpus = args
+    wave = speak(utt.text, utt.voice)
+    pcm = np.clip(np.round(wave * 32767.0), -32768, 32767).astype(np.int16)
+    out = Path(corpus) / utt.rel_path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(out, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return utt.id, len(pcm)
+
+
+def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int]) -> None:
+    """transcripts.txt per split and metainfo.txt per language, sorted, so bytes are stable."""
+    by_lang: dict[str, list[Utterance]] = defaultdict(list)
+    for utt in plan:
+        by_lang[utt.language].append(utt)
+    for language, utts in by_lang.items():
+        lang_dir = corpus / f"mls_{language}"
+        for split in SPLITS:
+            lines = sorted(f"{u.id}\t{u.transcript}\n" for u in utts if u.split == split)
+            (lang_dir / split).mkdir(parents=True, exist_ok=True)
+            (lang_dir / split / "transcripts.txt").write_text("".join(lines), encoding="utf-8")
+        minutes: dict[tuple, float] = defaultdict(float)
+        for u in utts:
+            book = u.id.split("_")[1]
+            minutes[(u.voice.speaker, u.voice.gender, u.split, book, u.voice.describe())] += samples[u.id] / SAMPLE_RATE / 60
+        rows = ["SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   |       TITLE          |  CHAPTER\n"]
+        for (spk, gender, split, book, desc), mins in sorted(minutes.items()):
+            rows.append(f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | LibreOffice help | {desc}\n")
+        (lang_dir / "metainfo.txt").write_text("".join(rows), encoding="utf-8")
+
+
+def num_workers(requested: int) -> int:
+    return requested or len(os.sched_getaffinity(0))
+
+
+def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
+    """Write the whole synthetic corpus under `corpus`; returns a summary for the report."""
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    workers = num_workers(cfg.data.num_workers)
+    sentences = sentences_for_all(cfg.data.languages, cache, workers)
+    plan: list[Utterance] = []
+    for language in cfg.data.languages:
+        plan.extend(plan_language(cfg, language, sentences[language]))
+    for language in cfg.data.languages:
+        shutil.rmtree(corpus / f"mls_{language}", ignore_errors=True)
+    samples: dict[str, int] = {}
+    jobs = [(u, str(corpus)) for u in plan]
+    with get_context("fork").Pool(workers) as pool:
+        it = pool.imap_unordered(synthesize_one, jobs, chunksize=8)
+        for uid, n in tqdm(it, total=len(jobs), desc="espeak-ng synthesis", unit="utt"):
+            samples[uid] = n
+    write_text_files(corpus, plan, samples)
+    seconds = sum(samples.values()) / SAMPLE_RATE
+    return {"utterances": len(plan), "audio_seconds": seconds, "workers": workers}

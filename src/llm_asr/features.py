@@ -1,0 +1,126 @@
+"""Log-mel filterbank features: THE one fbank function, used by extract-features and at inference.
+
+`compute_fbank(wave, fcfg)` is Kaldi-compatible fbank (torchaudio.compliance.kaldi, edges not snipped) on
+16 kHz float audio in [-1, 1], with dither off so the same audio always gives the same
+features. `FbankExtractor` wraps it as a lhotse `FeatureExtractor`, so lhotse's feature
+storage and `cut.load_features()` work as usual. CMVN stats are a JSON file
+{"mean": [...], "std": [...]}, computed over the train split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from lhotse.features.base import FeatureExtractor, register_extractor
+
+from llm_asr.config import FeaturesConfig
+from llm_asr.data.audio import SAMPLE_RATE
+from llm_asr.errors import UserError
+
+STD_FLOOR = 1e-5
+
+
+def compute_fbank(wave: np.ndarray, fcfg: FeaturesConfig) -> np.ndarray:
+    """float32 16 kHz mono samples [S] -> log-mel fbank [T, num_mel_bins] (float32)."""
+    from torchaudio.compliance import kaldi
+
+    samples = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)  # [1, S]
+    feats = kaldi.fbank(
+        samples * 32768.0,  # Kaldi's int16 scale, so energies match Kaldi/lhotse recipes
+        num_mel_bins=fcfg.num_mel_bins,
+        frame_length=fcfg.frame_length_ms,
+        frame_shift=fcfg.frame_shift_ms,
+        dither=0.0,
+        energy_floor=0.0,
+        sample_frequency=SAMPLE_RATE,
+        snip_edges=False,  # T = round(S / shift), what lhotse expects of a cut's duration
+    )  # [T, num_mel_bins]
+    return feats.numpy().astype(np.float32, copy=False)
+
+
+@dataclass
+class FbankExtractorConfig:
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+
+    def features_config(self) -> FeaturesConfig:
+        return FeaturesConfig(
+            num_mel_bins=self.num_mel_bins, frame_length_ms=self.frame_length_ms, frame_shift_ms=self.frame_shift_ms
+        )
+
+
+@register_extractor
+class FbankExtractor(FeatureExtractor):
+    """lhotse adapter around `compute_fbank` (so lhotse stores exactly what inference computes)."""
+
+    name = "llm-asr-fbank"
+    config_type = FbankExtractorConfig
+
+    @classmethod
+    def from_features_config(cls, fcfg: FeaturesConfig) -> "FbankExtractor":
+        return cls(FbankExtractorConfig(fcfg.num_mel_bins, fcfg.frame_length_ms, fcfg.frame_shift_ms))
+
+    def extract(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
+        if sampling_rate != SAMPLE_RATE:
+            raise UserError(f"fbank expects {SAMPLE_RATE} Hz audio, got {sampling_rate} Hz")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim == 2:  # lhotse passes [channels, samples]
+            samples = samples.mean(axis=0)
+        return compute_fbank(samples, self.config.features_config())
+
+    @property
+    def frame_shift(self) -> float:
+        return self.config.frame_shift_ms / 1000.0
+
+    def feature_dim(self, sampling_rate: int) -> int:
+        return self.config.num_mel_bins
+
+
+class RunningStats:
+    """Per-dimension mean/std accumulated over feature matrices (float64 sums)."""
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.sumsq = np.zeros(dim, dtype=np.float64)
+
+    def update(self, feats: np.ndarray) -> None:
+        f = feats.astype(np.float64)
+        self.n += f.shape[0]
+        self.sum += f.sum(axis=0)
+        self.sumsq += (f * f).sum(axis=0)
+
+    def merge(self, other: "RunningStats") -> None:
+        self.n += other.n
+        self.sum += other.sum
+        self.sumsq += other.sumsq
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n == 0:
+            raise UserError("no feature frames to compute CMVN statistics from (is the train split empty?)")
+        mean = self.sum / self.n
+        var = np.maximum(self.sumsq / self.n - mean * mean, 0.0)
+        return mean, np.maximum(np.sqrt(var), STD_FLOOR)
+
+
+def save_cmvn(path: Path, mean: np.ndarray, std: np.ndarray, frames: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"mean": [float(x) for x in mean], "std": [float(x) for x in std], "frames": int(frames)}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def load_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 arrays [num_mel_bins] from cmvn.json; normalize as (x - mean) / std."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no CMVN stats at {path}: run `llm-asr extract-features` first")
+    data = json.loads(path.read_text())
+    mean, std = np.asarray(data["mean"], np.float32), np.asarray(data["std"], np.float32)
+    if mean.shape != std.shape or mean.ndim != 1 or not (std > 0).all():
+        raise UserError(f"{path}: malformed CMVN stats (mean/std must be equal-length, std > 0)")
+    return mean, std

@@ -1,0 +1,99 @@
+"""Stage: 80-d log-mel fbank for every cut (lhotse feature storage) and global CMVN stats.
+
+Run: `llm-asr extract-features [--profile P] [--set KEY=VALUE] [--workdir DIR]`
+Reads `data/manifests/cuts_<split>.jsonl.gz`; writes `data/features/cuts_<split>.jsonl.gz`
+(the same cuts with features attached, arrays under `data/features/storage/<split>/`)
+and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from llm_asr import tracking
+from llm_asr.config import Config, FeaturesConfig
+from llm_asr.errors import UserError
+from llm_asr.features import FbankExtractor, RunningStats, save_cmvn
+from llm_asr.paths import Paths
+
+SPLITS = ("train", "dev", "test")
+CHUNK = 32  # cuts per worker task
+
+
+def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], RunningStats, float]:
+    """Worker: compute + store features for a chunk of cuts; returns cuts, stats, audio seconds."""
+    import torch
+    from lhotse import MonoCut, NumpyFilesWriter
+
+    torch.set_num_threads(1)
+    cut_dicts, storage_dir, fcfg = args
+    extractor = FbankExtractor.from_features_config(FeaturesConfig(**fcfg))
+    stats = RunningStats(extractor.config.num_mel_bins)
+    out, seconds = [], 0.0
+    with NumpyFilesWriter(storage_dir) as storage:
+        for d in cut_dicts:
+            cut = MonoCut.from_dict(d).compute_and_store_features(extractor, storage)
+            stats.update(cut.load_features())
+            seconds += cut.duration
+            out.append(cut.to_dict())
+    return out, stats, seconds
+
+
+def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, RunningStats, float]:
+    from lhotse import CutSet
+    from tqdm.auto import tqdm
+
+    src = paths.manifests / f"cuts_{split}.jsonl.gz"
+    if not src.is_file():
+        raise UserError(f"no manifest {src}: run `llm-asr prepare-data` first")
+    cuts = [c.to_dict() for c in CutSet.from_file(src)]
+    storage = paths.features / "storage" / split
+    fcfg = cfg.features.model_dump()
+    jobs = [(cuts[i : i + CHUNK], str(storage), fcfg) for i in range(0, len(cuts), CHUNK)]
+    done: list[dict] = []
+    stats = RunningStats(cfg.features.num_mel_bins)
+    seconds = 0.0
+    with tqdm(total=len(cuts), desc=f"fbank {split}", unit="cut") as bar:
+        for out, st, sec in pool.imap(_extract_chunk, jobs):  # ordered: output follows the manifest
+            done += out
+            stats.merge(st)
+            seconds += sec
+            bar.update(len(out))
+    CutSet.from_dicts(done).to_file(paths.features / f"cuts_{split}.jsonl.gz")
+    return len(done), stats, seconds
+
+
+def run(cfg: Config, paths: Paths) -> dict:
+    """Features for train/dev/test + cmvn.json; returns counts, CMVN frames and speed."""
+    from multiprocessing import get_context
+
+    from llm_asr.data.synthetic import num_workers
+
+    with tracking.stage_run(cfg, paths, "extract_features"):
+        import mlflow
+
+        shutil.rmtree(paths.features, ignore_errors=True)
+        paths.features.mkdir(parents=True)
+        result: dict = {"cuts": {}}
+        t0 = time.time()
+        total_seconds = 0.0
+        workers = num_workers(cfg.features.num_workers)
+        with get_context("fork").Pool(workers) as pool:
+            for split in SPLITS:
+                n, stats, seconds = extract_split(cfg, paths, split, pool)
+                result["cuts"][split] = n
+                total_seconds += seconds
+                if split == "train":
+                    mean, std = stats.mean_std()
+                    save_cmvn(paths.features / "cmvn.json", mean, std, stats.n)
+                    result["cmvn_frames"] = stats.n
+        wall = time.time() - t0
+        result["audio_hours"] = round(total_seconds / 3600, 4)
+        result["real_time_factor"] = round(total_seconds / max(wall, 1e-9), 1)  # x real time
+        result["workers"] = workers
+        for k, v in (("audio_hours", result["audio_hours"]), ("x_real_time", result["real_time_factor"])):
+            mlflow.log_metric(k, v)
+        for split, n in result["cuts"].items():
+            mlflow.log_metric(f"{split}_cuts", n)
+    return result
