@@ -104,6 +104,7 @@ class TrainConfig(_Section):
 
 
 class CtcConfig(_Section):
+    valid_per_language: int = Field(50, ge=1)  # dev utterances per language for periodic validation
     tokenizer: TokenizerConfig = TokenizerConfig()
     encoder: EncoderConfig = EncoderConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -136,6 +137,9 @@ class SpeechLlmConfig(_Section):
     llm: LlmConfig = LlmConfig()
     lora: LoraConfig = LoraConfig()
     warmup_projector_steps: int = Field(0, ge=0)  # LLM frozen for the first N steps
+    encoder_lr_scale: float = Field(1.0, ge=0)  # encoder (+ CTC head) lr = train.lr x this
+    projector_lr_scale: float = Field(1.0, ge=0)  # projector lr = train.lr x this
+    valid_per_language: int = Field(8, ge=1)  # dev utterances per language for periodic validation
     train: TrainConfig = TrainConfig(lr=5e-4, max_duration_s=100.0)
 
 

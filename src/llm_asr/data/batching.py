@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -67,18 +66,21 @@ def pad_features(mats: list[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, t
     return feats, lens
 
 
-def apply_cmvn(feats: torch.Tensor, lens: torch.Tensor, cmvn: dict[str, Any] | None) -> torch.Tensor:
+Cmvn = tuple[np.ndarray, np.ndarray]  # (mean, std) [F], from llm_asr.features.load_cmvn
+
+
+def apply_cmvn(feats: torch.Tensor, lens: torch.Tensor, cmvn: Cmvn | None) -> torch.Tensor:
     """Global mean/variance normalization; padded frames stay exactly zero."""
     if cmvn is None:
         return feats
-    mean = torch.as_tensor(np.asarray(cmvn["mean"]), dtype=feats.dtype)
-    std = torch.as_tensor(np.asarray(cmvn["std"]), dtype=feats.dtype)
+    mean = torch.as_tensor(cmvn[0], dtype=feats.dtype)
+    std = torch.as_tensor(cmvn[1], dtype=feats.dtype)
     out = (feats - mean) / std
     mask = torch.arange(feats.shape[1])[None, :] < lens[:, None]  # [B, T]
     return out * mask[..., None]
 
 
-def collate_features(cuts: CutSet, cmvn: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_features(cuts: CutSet, cmvn: Cmvn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Load each cut's precomputed fbank -> (feats [B, T, F] normalized, lens [B])."""
     feats, lens = pad_features([c.load_features() for c in cuts])
     return apply_cmvn(feats, lens, cmvn), lens

@@ -5,6 +5,8 @@ A *task* is any object with (duck-typed; only the first three are required):
     model: nn.Module                      the module to train (moved to the device here)
     collate(cuts: CutSet) -> batch        tensors (or dict/tuple/list of them) on CPU;
                                           the trainer moves them to the device
+    collate_valid(cuts) -> batch          optional: validation batches (e.g. without speed
+                                          perturbation); default: collate
     loss(model, batch) -> (loss, stats)   scalar loss tensor (mean over the batch) and a
                                           dict of floats to log (averaged over log_every)
     param_groups(model) -> list[dict]     AdamW groups; a group may set "lr" (absolute) and
@@ -194,7 +196,8 @@ class _Loop:
         saved_rng = rng_state()  # validation must not shift the training random streams
         self.model.eval()
         cut_batches = list(make_eval_sampler(self.valid_cuts, self.tcfg.max_duration_s))
-        batches = [to_device(self.task.collate(c), self.device) for c in cut_batches]
+        collate = getattr(self.task, "collate_valid", self.task.collate)
+        batches = [to_device(collate(c), self.device) for c in cut_batches]
         total, n = 0.0, 0
         with torch.no_grad(), autocast(self.state.precision, self.device):
             for b, cuts in zip(batches, cut_batches):
