@@ -26,7 +26,6 @@ from llm_asr.paths import Paths
 TRAIN_STAGE = "train_speech_llm"
 EVAL_STAGE = "evaluate"
 PARAM_KEYS = ("trainable_params", "num_trainable_params", "params_trainable")
-TIME_KEYS = ("train_time_s", "train_seconds", "training_time_s", "wall_time_s")
 
 
 def _parse_tags(tags: list[str]) -> dict[str, str]:
@@ -83,10 +82,9 @@ def _row(train: Any, evaluation: Any) -> dict[str, Any]:
     if train is not None:
         data = {**train.data.params, **train.data.metrics}
         trainable = _first(data, PARAM_KEYS)
-        seconds = _first(train.data.metrics, TIME_KEYS)
-        if seconds is None and train.info.end_time:
-            seconds = (train.info.end_time - train.info.start_time) / 1000
-        minutes = None if seconds is None else round(seconds / 60, 2)
+        minutes = _first(train.data.metrics, ("train_minutes",))  # the trainer's summary
+        if minutes is None and train.info.end_time:  # else the stage run's wall time
+            minutes = round((train.info.end_time - train.info.start_time) / 60000, 2)
     row.update(trainable_params=trainable, train_minutes=minutes)
     row.update(eval_run=evaluation.info.run_id, train_run=train.info.run_id if train else "")
     return row

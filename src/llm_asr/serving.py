@@ -107,19 +107,34 @@ def input_example(paths: Paths) -> pd.DataFrame:
     return pd.DataFrame({"audio": [buf.getvalue()]})
 
 
+# "Models from code": the registry stores this script, not a pickle, so loading a model
+# version runs only the installed llm_asr code.
+ENTRY_SCRIPT = """from mlflow.models import set_model
+
+from llm_asr.serving import SpeechLlmModel
+
+set_model(SpeechLlmModel())
+"""
+
+
 def log_model(cfg: Config, paths: Paths, model_dir: Path, name: str = "model") -> Any:
     """Log MODEL_DIR as a pyfunc in the active run; returns MLflow's ModelInfo."""
+    import tempfile
+
     lock = REPO_ROOT / "requirements.lock"
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=SpeechLlmModel(),
-        artifacts={"model_dir": str(model_dir)},
-        model_config={"config": cfg.to_dict()},
-        signature=signature(),
-        input_example=input_example(paths),
-        # explicit, so MLflow does not load the model in a subprocess to guess them
-        pip_requirements=str(lock) if lock.exists() else ["mlflow", "torch", "transformers", "peft"],
-    )
+    with tempfile.TemporaryDirectory(prefix="llm-asr-pyfunc-") as tmp:
+        entry = Path(tmp) / "speech_llm_pyfunc.py"
+        entry.write_text(ENTRY_SCRIPT)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts={"model_dir": str(model_dir)},
+            model_config={"config": cfg.to_dict()},
+            signature=signature(),
+            input_example=input_example(paths),
+            # explicit, so MLflow does not load the model in a subprocess to guess them
+            pip_requirements=str(lock) if lock.exists() else ["mlflow", "torch", "transformers", "peft"],
+        )
 
 
 def transcribe_bytes(model: Any, clips: list[bytes]) -> list[str]:
