@@ -44,6 +44,7 @@ class MlsConfig(_Section):
     base_url: str = "https://dl.fbaipublicfiles.com/mls"
     archive_format: Literal["flac", "opus"] = "flac"
     splits: tuple[Literal["train", "dev", "test"], ...] = ("train", "dev", "test")
+    sha256: dict[Language, str] = {}  # expected archive checksums; empty: size check only
 
 
 class DataConfig(_Section):

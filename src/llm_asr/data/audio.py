@@ -41,13 +41,15 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np
 def _decode(source, name: str) -> tuple[np.ndarray, int]:
     """[frames, channels] float32 and the sample rate; BadAudio when unreadable."""
     try:
-        with sf.SoundFile(source) as f:
-            expected, sr = f.frames, f.samplerate
+        f = sf.SoundFile(source)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise BadAudio(f"corrupt or not audio: {name} ({getattr(e, 'error_string', e)})") from None
+    with f:
+        expected, sr = f.frames, f.samplerate
+        try:
             data = f.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        raise BadAudio(f"corrupt or not audio: {name} ({e.error_string})") from None
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise BadAudio(f"corrupt or not audio: {name} ({e})") from None
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:  # the header was fine, the data is not
+            raise BadAudio(f"truncated or damaged audio data: {name} ({getattr(e, 'error_string', e)})") from None
     if data.shape[0] == 0:
         raise BadAudio(f"empty audio (no samples): {name}")
     if 0 < expected != data.shape[0]:

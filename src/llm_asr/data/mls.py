@@ -147,3 +147,37 @@ def read_mls_dir(
         detail = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items())) or f"no {split}/transcripts.txt found"
         raise UserError(f"{data_dir}: no usable '{split}' utterances ({detail})")
     return items, skipped
+
+
+def archive_name(language: str, archive_format: str) -> str:
+    return f"mls_{language}.tar.gz" if archive_format == "flac" else f"mls_{language}_opus.tar.gz"
+
+
+def fetch_mls(cfg, corpus: Path, cache: Path) -> dict:
+    """Download (resumable, verified) and unpack each language's MLS archive into `corpus`.
+
+    Archives are kept in `<cache>/mls/`; a language already unpacked from the same
+    archive (marker file with its SHA-256) is not unpacked again.
+    """
+    from llm_asr.data.download import download, unpack
+
+    mls = cfg.data.mls
+    if mls.archive_format != "flac":
+        raise UserError("data.mls.archive_format: only 'flac' is supported (the corpus reader and features need FLAC)")
+    facts: dict[str, dict] = {}
+    for language in cfg.data.languages:
+        name = archive_name(language, mls.archive_format)
+        got = download(f"{mls.base_url.rstrip('/')}/{name}", cache / "mls" / name, mls.sha256.get(language))
+        lang_dir = corpus / f"mls_{language}"
+        marker = lang_dir / ".unpacked"
+        if not (marker.is_file() and marker.read_text().strip() == got["sha256"]):
+            top = f"mls_{language}/"
+            keep = lambda n, top=top: n.startswith(top) and (  # noqa: E731
+                n.count("/") == 1 or n.split("/")[1] in mls.splits
+            )
+            got["files"] = unpack(Path(got["path"]), corpus, keep)
+            if not lang_dir.is_dir():
+                raise UserError(f"{name} holds no '{top}' folder: is data.mls.base_url an MLS release?")
+            marker.write_text(got["sha256"] + "\n")
+        facts[language] = got
+    return {"archives": facts}
