@@ -74,6 +74,7 @@ class EncoderConfig(_Section):
     ffn_dim: int = Field(576, ge=8)
     kernel_size: int = Field(15, ge=3)
     dropout: float = Field(0.1, ge=0, lt=1)
+    subsampling_channels: int = Field(0, ge=0)  # conv channels of the x4 subsampling; 0 = d_model
 
 
 class AugmentConfig(_Section):
@@ -92,6 +93,9 @@ class TrainConfig(_Section):
     num_buckets: int = Field(10, ge=1)
     max_steps: int = Field(1000, ge=1)
     max_minutes: float = Field(0.0, ge=0)  # wall-clock cap; 0 = none
+    # lr decay follows elapsed/max_minutes when that is ahead of step/max_steps (a time-budgeted
+    # run still ends decayed); the run then depends on machine speed, so exact resume needs False
+    decay_by_time: bool = False
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
@@ -141,6 +145,7 @@ class SpeechLlmConfig(_Section):
     encoder_lr_scale: float = Field(1.0, ge=0)  # encoder (+ CTC head) lr = train.lr x this
     projector_lr_scale: float = Field(1.0, ge=0)  # projector lr = train.lr x this
     valid_per_language: int = Field(8, ge=1)  # dev utterances per language for periodic validation
+    sample_wer_utterances: int = Field(16, ge=0)  # dev utterances decoded at each validation (0 = off)
     train: TrainConfig = TrainConfig(lr=5e-4, max_duration_s=100.0)
 
 

@@ -49,3 +49,61 @@ def load_recognizer(cfg: Config, paths: Paths, system: str, model: str | Path | 
 
         return SpeechLlmRecognizer.from_dir(model_dir, cfg.decoding)
     raise UserError(f"unknown system '{system}': use 'speech-llm' or 'ctc'")
+
+
+# ---- files of any length ---------------------------------------------------------------
+
+
+def segment_bounds(n_samples: int, sample_rate: int, segment_s: float, overlap_s: float) -> list[tuple[int, int]]:
+    """[start, end) sample windows of `segment_s` that overlap by `overlap_s`; one if it fits."""
+    seg, hop = int(segment_s * sample_rate), int((segment_s - overlap_s) * sample_rate)
+    if n_samples <= seg:
+        return [(0, n_samples)]
+    if hop <= 0:
+        raise UserError(f"decoding.overlap_s ({overlap_s}) must be shorter than decoding.segment_s ({segment_s})")
+    starts = list(range(0, n_samples - seg, hop)) + [max(0, n_samples - seg)]
+    return [(s, min(n_samples, s + seg)) for s in dict.fromkeys(starts)]
+
+
+def stitch_words(left: list[str], right: list[str], overlap_words: int) -> list[str]:
+    """Join two transcripts whose audio overlapped: align the end of `left` with the start of
+    `right` on equal words; without a convincing match, split the expected overlap evenly."""
+    best_len, best_hits = 0, 0
+    for n in range(1, min(len(left), len(right), 2 * overlap_words + 2) + 1):
+        hits = sum(a == b for a, b in zip(left[-n:], right[:n]))
+        if hits > best_hits or (hits == best_hits and hits and n < best_len):
+            best_len, best_hits = n, hits
+    if best_hits and best_hits * 2 >= best_len:
+        return left + right[best_len:]
+    keep_left = len(left) - overlap_words // 2
+    return left[:keep_left] + right[overlap_words - overlap_words // 2 :]
+
+
+def transcribe_long(recognizer: Recognizer, wave: np.ndarray, dcfg, sample_rate: int = 16000) -> str:
+    """Transcribe audio of any length in memory-bounded windows (decoding.segment_s with
+    decoding.overlap_s), decoded `decoding.batch_size` windows at a time, then stitched."""
+    bounds = segment_bounds(len(wave), sample_rate, dcfg.segment_s, dcfg.overlap_s)
+    texts: list[str] = []
+    for i in range(0, len(bounds), dcfg.batch_size):
+        texts += recognizer.transcribe([wave[s:e] for s, e in bounds[i : i + dcfg.batch_size]])
+    words = texts[0].split()
+    for (s, e), text in zip(bounds[1:], texts[1:]):
+        nxt = text.split()
+        overlap_s = max(0.0, (bounds[bounds.index((s, e)) - 1][1] - s) / sample_rate)
+        rate = len(nxt) / max((e - s) / sample_rate, 1e-3)  # words per second in this window
+        words = stitch_words(words, nxt, int(round(rate * overlap_s)))
+    return " ".join(words)
+
+
+def transcribe_files(cfg: Config, paths: Paths, files: list[str], model: str | Path | None = None):
+    """Yield {"audio": path, "text": ...} per file; the system (speech-LLM or CTC) is read from
+    the model directory. Files of any length: see `transcribe_long`."""
+    from llm_asr.data.audio import SAMPLE_RATE, load_audio
+    from llm_asr.models.speech_llm_dir import is_speech_llm_dir
+
+    model_dir = resolve_model_dir(model, cfg, paths, "speech-llm")
+    system = "speech-llm" if is_speech_llm_dir(model_dir) else "ctc"
+    recognizer = load_recognizer(cfg, paths, system, model_dir)
+    for path in files:
+        wave = load_audio(path)
+        yield {"audio": path, "text": transcribe_long(recognizer, wave, cfg.decoding, SAMPLE_RATE)}

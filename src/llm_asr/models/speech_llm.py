@@ -58,7 +58,12 @@ class SpeechLlm(nn.Module):
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> dict[str, torch.Tensor]:
         """feats [B, T, F] -> audio embeddings [B, N, H] (+ encoder output and CTC logits)."""
-        enc, enc_lens = self.encoder(feats, feat_lens)  # [B, T', D] at 40 ms
+        if any(p.requires_grad for p in self.encoder.parameters()):
+            enc, enc_lens = self.encoder(feats, feat_lens)  # [B, T', D] at 40 ms
+        else:  # frozen encoder: no dropout, no graph
+            self.encoder.eval()
+            with torch.no_grad():
+                enc, enc_lens = self.encoder(feats, feat_lens)
         ctc_logits = self.ctc_head(enc) if self.ctc_head is not None else None  # [B, T', V]
         emb, emb_lens = self.projector(enc, enc_lens, ctc_logits)  # [B, N, H]
         return {"emb": emb, "emb_lens": emb_lens, "enc_lens": enc_lens, "ctc_logits": ctc_logits}

@@ -1,0 +1,104 @@
+"""Stage two: CTC encoder + projector + LLM (LoRA or frozen), trained with the shared trainer.
+
+Run: `llm-asr train-speech-llm [--profile P] [--set speech_llm.stride_ms=240] [--workdir W] [--resume]`.
+Reads `data/features/` and `models/ctc/`; the LLM comes from `speech_llm.llm`. Writes
+`models/speech_llm/` (see llm_asr.models.speech_llm_dir: trained weights, the LoRA adapter,
+the LLM reference and hash, never a copy of the LLM), curves.json/png and checkpoints/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import torch
+
+from llm_asr import tracking
+from llm_asr.config import Config
+from llm_asr.errors import UserError
+from llm_asr.paths import Paths
+from llm_asr.stages.train_ctc import load_cuts, per_language_subset
+
+
+def _usable(cuts: Any, tok: Any) -> tuple[Any, int]:
+    """Drop cuts without a transcript (counted in the summary)."""
+    keep = [c for c in cuts if c.supervisions and c.supervisions[0].text and c.supervisions[0].text.strip()]
+    return type(cuts).from_cuts(keep), len(cuts) - len(keep)
+
+
+def _build(cfg: Config, paths: Paths) -> tuple[Config, Any, Any, Any, dict[str, str]]:
+    """(config with the CTC model's encoder/features, model, task, LLM tokenizer, LLM reference)."""
+    from llm_asr.decoding.speech_llm import decode_features
+    from llm_asr.features import load_cmvn
+    from llm_asr.models.encoder import load_ctc_model
+    from llm_asr.models.llm import load_llm
+    from llm_asr.models.speech_llm_dir import build_speech_llm
+    from llm_asr.models.speech_llm_task import SpeechLlmTask
+
+    ctc_model, ctc_tok, ctc_cfg = load_ctc_model(paths.ctc_model)
+    trained = Config.model_validate(ctc_cfg)
+    # the encoder and its features are whatever stage one trained; the rest is this run's config
+    cfg = cfg.model_copy(update={"ctc": trained.ctc, "features": trained.features})
+    llm, tok, ref = load_llm(cfg.speech_llm.llm)
+    torch.manual_seed(cfg.seed)
+    model = build_speech_llm(cfg, ctc_model, ctc_tok.pieces, ctc_tok.blank, llm, tok)
+
+    def sample_decode(m: Any, feats: torch.Tensor, lens: torch.Tensor) -> list[str]:
+        return decode_features(m, tok, feats, lens, cfg.decoding, cfg.features.frame_shift_ms)
+
+    task = SpeechLlmTask(model, tok, ctc_tok, load_cmvn(paths.ctc_model / "cmvn.json"), cfg.speech_llm,
+                         decode=sample_decode)
+    return cfg, model, task, tok, ref
+
+
+def _train(cfg: Config, paths: Paths, resume: bool) -> dict[str, Any]:
+    from llm_asr.models.speech_llm_dir import save_model_dir
+    from llm_asr.training import train
+
+    out = paths.speech_llm_model
+    if not resume and out.exists():
+        shutil.rmtree(out)  # a fresh run must not mix with an older one's files
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, model, task, tok, ref = _build(cfg, paths)
+    train_cuts, skipped = _usable(load_cuts(paths, "train"), tok)
+    valid, _ = _usable(per_language_subset(load_cuts(paths, "dev"), cfg.speech_llm.valid_per_language), tok)
+    if len(train_cuts) == 0:
+        raise UserError("no train utterances with a transcript: check data/features/cuts_train.jsonl.gz")
+    counts = _parameter_counts(model)
+    summary = train(task, train_cuts, valid, cfg.speech_llm.train, out / "checkpoints", resume=resume,
+                    seed=cfg.seed)
+    save_model_dir(model, cfg, ref, paths.ctc_model, out)
+    for name in ("curves.json", "curves.png"):
+        if (out / "checkpoints" / name).exists():
+            shutil.copyfile(out / "checkpoints" / name, out / name)
+    summary.update(counts, skipped_no_transcript=skipped, llm_sha256=ref["weights_sha256"][:16])
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _parameter_counts(model: Any) -> dict[str, float]:
+    def count(ps: Any, trainable: bool = True) -> float:
+        return round(sum(p.numel() for p in ps if p.requires_grad or not trainable) / 1e6, 3)
+
+    lora = [p for n, p in model.llm.named_parameters() if ".lora_" in n]
+    return {
+        "encoder_params_m": count(model.encoder.parameters(), False),
+        "projector_params_m": count(model.projector.parameters()),
+        "lora_params_m": round(sum(p.numel() for p in lora) / 1e6, 3),
+        "llm_params_m": count(model.llm.parameters(), False),
+    }
+
+
+def run(cfg: Config, paths: Paths, resume: bool = False) -> dict[str, Any]:
+    """Train stage two; returns the training summary (steps, minutes, best dev loss, ...)."""
+    import mlflow
+
+    with tracking.stage_run(cfg, paths, "train_speech_llm"):
+        summary = _train(cfg, paths, resume)
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for name in ("config.json", "curves.png", "train_summary.json"):
+            if (paths.speech_llm_model / name).exists():
+                mlflow.log_artifact(str(paths.speech_llm_model / name))
+    return summary
