@@ -1,0 +1,65 @@
+"""llm_asr.data.synthetic: the utterance plan (splits, voices, ids) and byte-identical synthesis."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_asr.config import load_config
+from llm_asr.data.synthetic import VARIANTS, build_synthetic_corpus, make_voices, plan_language, speak
+from llm_asr.errors import UserError
+from llm_asr.paths import Paths
+
+SENTENCES = [f"Satz Nummer {w} steht hier ganz allein." for w in map(chr, range(ord("a"), ord("z") + 1))] + [
+    f"Noch ein Satz mit dem Wort {w} darin." for w in ("Haus", "Baum", "Tisch", "Stuhl", "Fenster", "Tür")
+]
+
+
+def test_plan_splits_are_disjoint_and_ids_unique():
+    cfg = load_config("micro")
+    plan = plan_language(cfg, "german", SENTENCES)
+    by_split = {s: [u for u in plan if u.split == s] for s in ("train", "dev", "test")}
+    assert [len(by_split[s]) for s in ("train", "dev", "test")] == [8, 3, 3]
+    texts = {s: {u.transcript for u in us} for s, us in by_split.items()}
+    assert not (texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"])
+    assert len({u.id for u in plan}) == len(plan)
+    train_spk = {u.voice.speaker for u in by_split["train"]}
+    eval_spk = {u.voice.speaker for u in by_split["dev"] + by_split["test"]}
+    assert not train_spk & eval_spk and len(train_spk) == 3
+    assert all(u.id.startswith("2") and u.transcript == u.transcript.lower() for u in plan)
+
+
+def test_voices_are_disjoint_and_seeded():
+    v = make_voices("polish", 12, 4, seed=1)
+    assert not {x.variant for x in v["train"]} & {x.variant for x in v["eval"]}
+    assert v == make_voices("polish", 12, 4, seed=1) and v != make_voices("polish", 12, 4, seed=2)
+    with pytest.raises(UserError, match="voice variants"):
+        make_voices("polish", len(VARIANTS), 1, seed=1)
+
+
+def test_too_few_sentences_is_a_clear_error():
+    cfg = load_config("micro", ["data.synthetic.train_per_language=100"])
+    with pytest.raises(UserError, match="usable sentences"):
+        plan_language(cfg, "german", SENTENCES)
+
+
+def test_speak_gives_16k_audio():
+    cfg = load_config("micro")
+    voice = make_voices("english", 1, 1, cfg.seed)["train"][0]
+    wave = speak("Click the button to save the document.", voice)
+    assert wave.dtype.name == "float32" and 16000 < len(wave) < 16000 * 6 and 0.05 < abs(wave).max() <= 1.0
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_corpus(tmp_path):
+    cache = Paths.at(tmp_path).cache
+    cfg = load_config("micro", ["data.languages=[german, polish]"])
+    build_synthetic_corpus(cfg, tmp_path / "a", cache)
+    build_synthetic_corpus(cfg, tmp_path / "b", cache)
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert len(a) == 2 * (1 + 3 + 14) and a == b
+    other = load_config("micro", ["data.languages=[german, polish]", "seed=7"])
+    build_synthetic_corpus(other, tmp_path / "c", cache)
+    assert _tree(tmp_path / "c") != a
