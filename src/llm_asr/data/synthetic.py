@@ -22,7 +22,7 @@ import soundfile as sf
 
 from llm_asr.config import LANGUAGES, Config
 from llm_asr.data.audio import SAMPLE_RATE, resample
-from llm_asr.data.text import normalize_transcript, sentences_for_all
+from llm_asr.data.text import normalize_transcript, sentences_for_all, source_package
 from llm_asr.errors import UserError
 
 ESPEAK_VOICE = {
@@ -191,4 +191,10 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
             samples[uid] = n
     write_text_files(corpus, plan, samples)
     seconds = sum(samples.values()) / SAMPLE_RATE
-    return {"utterances": len(plan), "audio_seconds": seconds, "workers": workers}
+    return {
+        "utterances": len(plan),
+        "audio_seconds": round(seconds, 3),
+        "workers": workers,
+        "text_packages": {lang: source_package(lang, cache) for lang in cfg.data.languages},
+        "sentences_available": {lang: len(sentences[lang]) for lang in cfg.data.languages},
+    }

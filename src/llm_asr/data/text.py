@@ -36,7 +36,6 @@ CLEANING_VERSION = 1
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[¿¡]?[^\W\d_])")
 _ALLOWED = re.compile(r"^[^\W\d_](?:[^\W\d_]|[ ,;:.!?'’¿¡-])*[.!?]$")
-_ACRONYM = re.compile(r"\b[^\W\d_]*[A-ZÀ-Þ][^\W\d_]*[A-ZÀ-Þ]")  # two capitals in a word
 
 
 class _ParagraphParser(html.parser.HTMLParser):
@@ -81,10 +80,9 @@ def is_clean_sentence(sentence: str) -> bool:
     s = unicodedata.normalize("NFC", sentence)
     if not _ALLOWED.match(s):
         return False
-    first = s.lstrip("¿¡")[:1]
-    if not first.isupper():
+    if not s[0].isupper():
         return False
-    if _ACRONYM.search(s) and any(w.isupper() and len(w) > 1 for w in re.findall(r"[^\W\d_]+", s)):
+    if any(w.isupper() and len(w) > 1 for w in re.findall(r"[^\W\d_]+", s)):  # acronyms: PDF, OK
         return False
     return not re.search(r"\.\w|\.\.|--| -|- ", s)  # file names, ellipses, dashes as punctuation
 
@@ -172,3 +170,9 @@ def sentences_for_all(languages: list[str] | tuple[str, ...], cache: Path, worke
         with get_context("fork").Pool(min(workers, len(todo))) as pool:
             pool.starmap(sentences_for, [(lang, cache) for lang in todo])
     return {lang: sentences_for(lang, cache) for lang in languages}
+
+
+def source_package(language: str, cache: Path) -> str:
+    """The .deb the cached sentences of `language` came from (for the data report)."""
+    cached = cache / "sentences" / f"{language}.v{CLEANING_VERSION}.json"
+    return json.loads(cached.read_text(encoding="utf-8"))["package"] if cached.exists() else "unknown"
