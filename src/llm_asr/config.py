@@ -261,6 +261,13 @@ def _first_error(err: ValidationError) -> str:
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
+def project_root() -> Path:
+    """The checkout a command runs in: the working directory when it is one (DVC runs queued
+    experiments in a copy of the repo, with their own params.yaml), else this package's repo."""
+    cwd = Path.cwd()
+    return cwd if (cwd / "params.yaml").is_file() and (cwd / "dvc.yaml").is_file() else REPO_ROOT
+
+
 def load_config(
     profile: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -268,7 +275,7 @@ def load_config(
     configs_dir: Path | str | None = None,
 ) -> Config:
     """Load params.yaml, merge the profile's override file and --set overrides, validate."""
-    params_path = Path(params_file) if params_file else REPO_ROOT / "params.yaml"
+    params_path = Path(params_file) if params_file else project_root() / "params.yaml"
     cfg_dir = Path(configs_dir) if configs_dir else params_path.parent / "configs"
     raw = _read_yaml(params_path) if params_path.exists() else {}
     parsed = [parse_override(o) for o in overrides]

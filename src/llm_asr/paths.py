@@ -12,9 +12,9 @@ class Paths:
 
     @classmethod
     def at(cls, workdir: str | Path | None = None) -> "Paths":
-        from llm_asr.config import REPO_ROOT
+        from llm_asr.config import project_root
 
-        return cls(Path(workdir).resolve() if workdir else REPO_ROOT)
+        return cls(Path(workdir).resolve() if workdir else project_root())
 
     @property
     def corpus(self) -> Path:
