@@ -6,9 +6,13 @@ from pathlib import Path
 from kfp import compiler
 
 from pipelines.ablation import ablation_pipeline
-from pipelines.training import training_pipeline
+from pipelines.training import training_distributed_pipeline, training_pipeline
 
-PIPELINES = {"training": training_pipeline, "ablation": ablation_pipeline}
+PIPELINES = {
+    "training": training_pipeline,
+    "training-distributed": training_distributed_pipeline,
+    "ablation": ablation_pipeline,
+}
 
 
 def compile_all(out: Path) -> dict[str, Path]:

@@ -1,8 +1,10 @@
 """The training DAG as a Kubeflow pipeline: data -> features -> CTC -> speech-LLM -> evaluate -> register.
 
 Same stages as `dvc.yaml` (each component calls `llm_asr.stages.<stage>.run`). Profile
-and `--set` style overrides are pipeline parameters. Stage two runs in one GPU pod, or,
-with `trainjob_nodes > 0`, as a Kubeflow Trainer TrainJob of N nodes x G GPUs.
+and `--set` style overrides are pipeline parameters. `training_pipeline` runs stage two
+in one GPU pod; `training_distributed_pipeline` launches it as a Kubeflow Trainer
+TrainJob of N nodes x G GPUs (a compile-time choice: kfp.local cannot merge If/Else
+branches with dsl.OneOf, and the local run must be the same DAG).
 Compile: `make compile`; run locally: `make pipeline-local`; submit: `pipelines/submit.py`.
 """
 
@@ -44,30 +46,11 @@ def evaluate_ctc(profile: str, overrides: list, data, feats, ctc) -> dsl.Pipelin
     return platform.on_gpu(task)
 
 
-@dsl.pipeline(name="llm-asr-training", description="Speech-LLM ASR: the full training DAG on one profile.")
-def training_pipeline(
-    profile: str = "default",
-    overrides: list = [],
-    trainjob_nodes: int = 0,
-    trainjob_gpus_per_node: int = 1,
-    trainjob_namespace: str = "",
-):
+def rest_of_dag(profile: str, overrides: list, data, feats, ctc, stage_two) -> None:
+    """CTC baseline evaluation, then evaluate the speech-LLM, merge the reports, register."""
     common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
-    data, feats, ctc = shared_stages(profile, overrides)
     ctc_eval = evaluate_ctc(profile, overrides, data, feats, ctc)
-    stage_two_inputs = {
-        "manifests": data.outputs["manifests"], "features": feats.outputs["features"],
-        "ctc_model": ctc.outputs["ctc_model"],
-    }
-    with dsl.If(trainjob_nodes == 0, name="stage-two-in-pod"):
-        in_pod = platform.on_gpu(train_speech_llm(**common, **stage_two_inputs))
-    with dsl.Else(name="stage-two-trainjob"):
-        launched = train_speech_llm_trainjob(
-            **common, **stage_two_inputs, num_nodes=trainjob_nodes,
-            gpus_per_node=trainjob_gpus_per_node, namespace=trainjob_namespace,
-        )
-        platform.uncached(platform.common(launched, cpu="1", memory="2Gi"))
-    model = dsl.OneOf(in_pod.outputs["speech_llm_model"], launched.outputs["speech_llm_model"])
+    model = stage_two.outputs["speech_llm_model"]
     llm_eval = platform.on_gpu(
         evaluate(
             **common, system="speech-llm", corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
@@ -86,3 +69,39 @@ def training_pipeline(
             )
         )
     )
+
+
+def _stage_two_inputs(data, feats, ctc) -> dict:
+    return {
+        "manifests": data.outputs["manifests"], "features": feats.outputs["features"],
+        "ctc_model": ctc.outputs["ctc_model"],
+    }
+
+
+@dsl.pipeline(name="llm-asr-training", description="Speech-LLM ASR: the full training DAG, stage two on one GPU pod.")
+def training_pipeline(profile: str = "default", overrides: list = []):
+    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    data, feats, ctc = shared_stages(profile, overrides)
+    stage_two = platform.on_gpu(train_speech_llm(**common, **_stage_two_inputs(data, feats, ctc)))
+    rest_of_dag(profile, overrides, data, feats, ctc, stage_two)
+
+
+@dsl.pipeline(
+    name="llm-asr-training-distributed",
+    description="Speech-LLM ASR: the full training DAG, stage two as a Kubeflow Trainer TrainJob (N nodes x G GPUs).",
+)
+def training_distributed_pipeline(
+    profile: str = "paper",
+    overrides: list = [],
+    num_nodes: int = 2,
+    gpus_per_node: int = 8,
+    trainjob_namespace: str = "",
+):
+    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    data, feats, ctc = shared_stages(profile, overrides)
+    launched = train_speech_llm_trainjob(
+        **common, **_stage_two_inputs(data, feats, ctc), num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node, namespace=trainjob_namespace,
+    )
+    platform.uncached(platform.common(launched, cpu="1", memory="4Gi"))
+    rest_of_dag(profile, overrides, data, feats, ctc, launched)
