@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+OVERRIDE = "evaluate.max_utterances_per_language=2"  # a pipeline parameter; also keeps the run short
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def local_run(tmp_path_factory) -> tuple[Path, float]:
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.local_run", "--profile", "micro", "--root", str(root)],
+        [sys.executable, "-m", "pipelines.local_run", "--profile", "micro", "--root", str(root)]
+        + ["--set", OVERRIDE],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -71,3 +73,5 @@ def test_all_stages_logged_under_one_mlflow_parent_run(local_run):
     stages = {r.data.tags["stage"] for r in children}
     assert {"prepare_data", "extract_features", "train_ctc", "train_speech_llm", "evaluate"} <= stages
     assert all(r.data.tags["profile"] == "micro" for r in children)
+    # the override travelled as a pipeline parameter into every stage's config
+    assert all(r.data.params["evaluate.max_utterances_per_language"] == "2" for r in children)
