@@ -8,7 +8,7 @@ from kfp.dsl import Dataset, Input, Metrics, Output
 from components import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)  # the image has kfp
 def compare(
     profile: str,
     overrides: list,

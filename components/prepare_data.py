@@ -6,7 +6,7 @@ from kfp.dsl import Dataset, Metrics, Output
 from components import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)  # the image has kfp
 def prepare_data(
     profile: str,
     overrides: list,

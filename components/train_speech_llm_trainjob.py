@@ -12,7 +12,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from components import PROJECT_IMAGE
 
 
-@dsl.component(base_image=PROJECT_IMAGE)
+@dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)  # the image has kfp
 def train_speech_llm_trainjob(
     profile: str,
     overrides: list,

@@ -34,6 +34,7 @@ def train_speech_llm_ddp(profile: str, overrides: list, workdir: str, links: dic
     copies under workdir; each node recreates them before reading. The SDK embeds this
     source in a bash heredoc, so it must not contain backticks or dollar signs.
     """
+    import json
     import os
     from pathlib import Path
 
@@ -47,7 +48,9 @@ def train_speech_llm_ddp(profile: str, overrides: list, workdir: str, links: dic
             os.symlink(target, link, target_is_directory=True)
         except FileExistsError:  # another local rank made it first
             pass
-    train_speech_llm.run(load_config(profile, list(overrides)), Paths.at(workdir))
+    summary = train_speech_llm.run(load_config(profile, list(overrides)), Paths.at(workdir))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, default=str))
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,8 @@ class TrainJobRequest:
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 0:
             raise ValueError(f"need num_nodes >= 1 and gpus_per_node >= 0, got {self.num_nodes}, {self.gpus_per_node}")
-        if not self.workdir.startswith(SHARED_MOUNT + "/"):
-            raise ValueError(f"workdir {self.workdir} must be under the shared mount {SHARED_MOUNT}")
+        if not self.workdir.startswith("/"):
+            raise ValueError(f"workdir {self.workdir} must be an absolute path (on the cluster: under {SHARED_MOUNT})")
 
 
 def trainer(req: TrainJobRequest) -> Any:
