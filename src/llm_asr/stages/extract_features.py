@@ -21,6 +21,19 @@ SPLITS = ("train", "dev", "test")
 CHUNK = 32  # cuts per worker task
 
 
+class _CountingFbank(FbankExtractor):
+    """FbankExtractor that also accumulates CMVN stats of what it extracts (no re-read from disk)."""
+
+    def __init__(self, fcfg: FeaturesConfig) -> None:
+        super().__init__(FbankExtractor.from_features_config(fcfg).config)
+        self.stats = RunningStats(fcfg.num_mel_bins)
+
+    def extract(self, samples, sampling_rate: int):
+        feats = super().extract(samples, sampling_rate)
+        self.stats.update(feats)
+        return feats
+
+
 def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], RunningStats, float]:
     """Worker: compute + store features for a chunk of cuts; returns cuts, stats, audio seconds."""
     import torch
@@ -28,16 +41,14 @@ def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], Runn
 
     torch.set_num_threads(1)
     cut_dicts, storage_dir, fcfg = args
-    extractor = FbankExtractor.from_features_config(FeaturesConfig(**fcfg))
-    stats = RunningStats(extractor.config.num_mel_bins)
+    extractor = _CountingFbank(FeaturesConfig(**fcfg))
     out, seconds = [], 0.0
     with NumpyFilesWriter(storage_dir) as storage:
         for d in cut_dicts:
             cut = MonoCut.from_dict(d).compute_and_store_features(extractor, storage)
-            stats.update(cut.load_features())
             seconds += cut.duration
             out.append(cut.to_dict())
-    return out, stats, seconds
+    return out, extractor.stats, seconds
 
 
 def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, RunningStats, float]:
