@@ -38,6 +38,10 @@ def test_atomic_save_leaves_old_file_when_write_fails(tmp_path):
 
 def test_warmup_cosine_shape():
     f = warmup_cosine(10, 110, final_ratio=0.05)
+    assert f(60) == pytest.approx(0.525)
+    f.time_fraction = 1.0  # a wall-clock budget used up: fully decayed whatever the step
+    assert f(20) == pytest.approx(0.05)
+    f.time_fraction = 0.0
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.525) and f(110) == pytest.approx(0.05) and f(500) == pytest.approx(0.05)
 

@@ -72,7 +72,7 @@ class ConformerEncoder(nn.Module):
     def __init__(self, ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig | None = None):
         super().__init__()
         self.specaugment = SpecAugment(augment) if augment is not None and augment.specaugment else None
-        self.subsampling = Conv2dSubsampling(num_mel_bins, ecfg.d_model)
+        self.subsampling = Conv2dSubsampling(num_mel_bins, ecfg.d_model, ecfg.subsampling_channels)
         self.dropout = nn.Dropout(ecfg.dropout)
         self.conformer = torchaudio.models.Conformer(
             input_dim=ecfg.d_model,

@@ -19,16 +19,29 @@ def default_param_groups(model: torch.nn.Module, weight_decay: float) -> list[di
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_cosine(warmup_steps: int, max_steps: int, final_ratio: float = 0.05) -> Callable[[int], float]:
-    """lr multiplier: linear warmup to 1, then cosine decay to `final_ratio` at max_steps."""
+class WarmupCosine:
+    """lr multiplier: linear warmup to 1, then cosine decay to `final_ratio`.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    Progress is step / max_steps, or, when the trainer sets `time_fraction` (a wall-clock
+    budget with tcfg.decay_by_time), whichever of the two is further along, so a run cut
+    by its time budget still ends with a decayed learning rate. A callable object rather
+    than a closure, so LambdaLR saves `time_fraction` in its state_dict.
+    """
 
-    return factor
+    def __init__(self, warmup_steps: int, max_steps: int, final_ratio: float = 0.05):
+        self.warmup_steps, self.max_steps, self.final_ratio = warmup_steps, max_steps, final_ratio
+        self.time_fraction = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        progress = min(1.0, max(progress, self.time_fraction))
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(warmup_steps: int, max_steps: int, final_ratio: float = 0.05) -> WarmupCosine:
+    return WarmupCosine(warmup_steps, max_steps, final_ratio)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -37,15 +50,17 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def measure_bf16_speedup(step_fn: Callable[[str], None], reps: int = 2) -> float:
+def measure_bf16_speedup(step_fn: Callable[[str], None], reps: int = 3) -> float:
     """fp32 time / bf16 time of `step_fn(precision)` (one forward+backward), after a warm-up each."""
     times = {}
     for precision in ("fp32", "bf16"):
         step_fn(precision)  # warm-up (kernel selection, allocator)
-        t0 = time.perf_counter()
-        for _ in range(reps):
+        best = float("inf")
+        for _ in range(reps):  # the fastest repetition: the CPU is shared, the minimum is the least noisy
+            t0 = time.perf_counter()
             step_fn(precision)
-        times[precision] = (time.perf_counter() - t0) / reps
+            best = min(best, time.perf_counter() - t0)
+        times[precision] = best
     return times["fp32"] / max(times["bf16"], 1e-9)
 
 

@@ -125,7 +125,8 @@ class _Loop:
         groups = groups or default_param_groups(self.model, tcfg.weight_decay)
         self.params = [p for g in groups for p in g["params"]]
         self.opt = torch.optim.AdamW(groups, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, warmup_cosine(tcfg.warmup_steps, tcfg.max_steps))
+        self.lr_factor = warmup_cosine(tcfg.warmup_steps, tcfg.max_steps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self.lr_factor)
         self.sampler = make_sampler(train_cuts, max_duration_s=tcfg.max_duration_s, num_buckets=tcfg.num_buckets,
                                     shuffle=True, seed=seed, world_size=info.world_size, rank=info.rank)
         self.valid_cuts = valid_cuts
@@ -187,6 +188,9 @@ class _Loop:
         else:
             totals["skipped"] = 1.0  # non-finite gradient: identical decision on every rank
         self.opt.zero_grad(set_to_none=True)
+        if self.tcfg.decay_by_time and self.tcfg.max_minutes > 0:
+            frac = D.all_reduce_mean(self.state.elapsed_s / (60 * self.tcfg.max_minutes), self.info)
+            self.sched.lr_lambdas[0].time_fraction = min(1.0, frac)
         self.sched.step()
         self.state.step += 1
         return totals, audio_s, norm
@@ -257,7 +261,7 @@ class _Loop:
             bar.update(1)
             if st.step % tcfg.log_every == 0 or st.step == tcfg.max_steps:
                 rate = win_audio / max(time.perf_counter() - win_t0, 1e-9)
-                row = {f"train_{k}": v / win_steps for k, v in window.items()}
+                row = {f"train_{k}": D.all_reduce_mean(v / win_steps, self.info) for k, v in sorted(window.items())}
                 row.update(lr=self.sched.get_last_lr()[0], audio_s_per_s=rate, grad_norm=norm)
                 self._log(row, bar)
                 window, win_steps, win_audio, win_t0 = {}, 0, 0.0, time.perf_counter()

@@ -1,0 +1,96 @@
+"""Micro profile end to end: prepare -> features -> train-ctc -> evaluate (the JSON contract)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from llm_asr.config import LANGUAGES
+from llm_asr.decoding.ctc import CtcRecognizer
+from llm_asr.models.encoder import load_ctc_model
+from llm_asr.stages import evaluate
+from llm_asr.training.checkpoint import load_state_strict
+
+pytestmark = pytest.mark.integration
+
+
+def test_model_dir_contents_and_strict_load(micro_ctc):
+    cfg, paths, summary = micro_ctc
+    out = paths.ctc_model
+    for name in ("model.pt", "config.json", "tokenizer.model", "cmvn.json", "curves.json", "curves.png",
+                 "dev_metrics.json"):
+        assert (out / name).is_file(), name
+    assert summary["steps"] == cfg.ctc.train.max_steps
+    model, tok, cfg_dict = load_ctc_model(out)
+    assert cfg_dict["ctc"]["encoder"]["d_model"] == cfg.ctc.encoder.d_model
+    assert model.ctc_head.out_features == tok.num_classes
+    state = torch.load(out / "model.pt", weights_only=True)
+    state["ctc_head.extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_state_strict(model, state)
+
+
+def test_recognizer_is_batch_invariant(micro_ctc):
+    _, paths, _ = micro_ctc
+    import numpy as np
+
+    rec = CtcRecognizer.from_dir(paths.ctc_model)
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (8000, 24000, 16000)]
+    assert rec.transcribe(waves) == [rec.transcribe([w])[0] for w in waves]
+
+
+def test_evaluate_contract_on_corpus(micro_ctc):
+    cfg, paths, _ = micro_ctc
+    result = evaluate.run(cfg, paths, model=str(paths.ctc_model), system="ctc")
+    written = json.loads((paths.reports / "ctc" / "metrics.json").read_text())
+    assert written == result
+    assert {"system", "model", "average_wer", "languages"} <= set(result) and result["system"] == "ctc"
+    assert sorted(result["languages"]) == sorted(LANGUAGES)
+    for m in result["languages"].values():
+        assert set(m) == {"wer", "cer", "utterances"} and m["utterances"] == cfg.data.synthetic.test_per_language
+        assert 0 <= m["cer"] and 0 <= m["wer"]
+    mean = sum(m["wer"] for m in result["languages"].values()) / len(LANGUAGES)
+    assert result["average_wer"] == pytest.approx(mean, abs=0.01)
+    assert (paths.reports / "ctc" / "wer.md").read_text().count("|") > 20
+    assert (paths.reports / "ctc" / "wer.png").stat().st_size > 1000
+
+
+def test_evaluate_cli_any_dir_subset_with_corrupt_file(micro_ctc, tmp_path):
+    """Two languages copied out of the corpus, one FLAC overwritten with junk: scored, skipped, counted."""
+    _, paths, _ = micro_ctc
+    data = tmp_path / "mls"
+    for lang in ("german", "polish"):
+        shutil.copytree(paths.corpus / f"mls_{lang}", data / f"mls_{lang}")
+    victim = sorted((data / "mls_polish" / "test" / "audio").rglob("*.flac"))[0]
+    victim.write_bytes(b"not a flac file")
+    out = tmp_path / "out" / "m.json"
+    cmd = [sys.executable, "-m", "llm_asr.cli", "evaluate", "--profile", "micro", "--workdir", str(paths.workdir),
+           "--system", "ctc", "--data-dir", str(data), "--model", str(paths.ctc_model), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert sorted(result["languages"]) == ["german", "polish"]
+    assert result["languages"]["polish"]["utterances"] == 2 and result["skipped"] == 1
+    assert (out.parent / "wer.md").exists() and (out.parent / "wer.png").exists()
+
+
+def test_report_merges_both_systems(micro_ctc, tmp_path):
+    from llm_asr.paths import Paths
+    from llm_asr.stages import report
+
+    cfg, paths, _ = micro_ctc
+    work = Paths.at(tmp_path)
+    metrics = evaluate.run(cfg, paths, model=str(paths.ctc_model), system="ctc", out=work.reports / "ctc" / "m.json")
+    for folder, system in (("ctc", "ctc"), ("speech_llm", "speech-llm")):
+        (work.reports / folder).mkdir(parents=True, exist_ok=True)
+        (work.reports / folder / "metrics.json").write_text(json.dumps({**metrics, "system": system}))
+    merged = report.run(cfg, work)
+    assert set(merged) == {"ctc", "speech-llm"}
+    assert json.loads((work.reports / "metrics.json").read_text()) == merged
+    assert "| german |" in (work.reports / "results.md").read_text()
