@@ -82,7 +82,7 @@ class CtcMixProjector(nn.Module):
         nonblank = post.clone()
         nonblank[..., self.blank] = 0.0
         nonblank = nonblank / nonblank.sum(-1, keepdim=True).clamp_min(1e-6)  # [B, T, V]
-        frame = self.gain * (nonblank @ self.pieces) + self.proj(enc.float())  # [B, T, H]
+        frame = (self.gain * (nonblank @ self.pieces) + self.proj(enc.float())).float()  # [B, T, H] (fp32 under autocast)
         flat = (torch.arange(b, device=enc.device)[:, None] * n + seg.clamp_min(0))[keep]  # [K]
         sums = torch.zeros(b * n, frame.shape[-1], device=enc.device).index_add(0, flat, frame[keep])
         counts = torch.zeros(b * n, device=enc.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
