@@ -73,6 +73,9 @@ def run(cfg: Config, paths: Paths) -> dict:
         for split, tot in report["total"].items():
             mlflow.log_metric(f"{split}_utterances", tot["utterances"])
             mlflow.log_metric(f"{split}_hours", tot["hours"])
+        for lang, splits in report["languages"].items():
+            for split, stats in splits.items():
+                mlflow.log_metric(f"{lang}_{split}_hours", stats["hours"])
         mlflow.log_metric("skipped", report["num_skipped"])
         mlflow.log_artifact(str(out))
     return {k: v for k, v in report.items() if k != "skipped"}
