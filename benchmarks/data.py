@@ -20,7 +20,6 @@ import resource
 import tempfile
 import time
 from multiprocessing import get_context
-from pathlib import Path
 
 from llm_asr.config import load_config
 from llm_asr.data.manifests import write_manifests
@@ -53,9 +52,13 @@ def main() -> None:
     load = os.getloadavg()[0]
     cfg = load_config(
         None,
-        [f"data.synthetic.train_per_language={n}", "data.synthetic.dev_per_language=1",
-         "data.synthetic.test_per_language=1", f"data.num_workers={args.workers}",
-         f"features.num_workers={args.workers}"],
+        [
+            f"data.synthetic.train_per_language={n}",
+            "data.synthetic.dev_per_language=1",
+            "data.synthetic.test_per_language=1",
+            f"data.num_workers={args.workers}",
+            f"features.num_workers={args.workers}",
+        ],
     )
     with tempfile.TemporaryDirectory() as tmp:
         paths = Paths.at(tmp)

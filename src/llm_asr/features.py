@@ -29,6 +29,11 @@ def compute_fbank(wave: np.ndarray, fcfg: FeaturesConfig) -> np.ndarray:
     from torchaudio.compliance import kaldi
 
     samples = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)  # [1, S]
+    shift = int(SAMPLE_RATE * fcfg.frame_shift_ms / 1000)
+    win = int(SAMPLE_RATE * fcfg.frame_length_ms / 1000)
+    num_frames = (samples.shape[1] + shift // 2) // shift  # = lhotse.utils.compute_num_frames
+    if samples.shape[1] < win:  # kaldi.fbank needs one whole window: zero-pad, then keep num_frames
+        samples = torch.nn.functional.pad(samples, (0, win - samples.shape[1]))
     feats = kaldi.fbank(
         samples * 32768.0,  # Kaldi's int16 scale, so energies match Kaldi/lhotse recipes
         num_mel_bins=fcfg.num_mel_bins,
@@ -38,7 +43,7 @@ def compute_fbank(wave: np.ndarray, fcfg: FeaturesConfig) -> np.ndarray:
         energy_floor=0.0,
         sample_frequency=SAMPLE_RATE,
         snip_edges=False,  # T = round(S / shift), what lhotse expects of a cut's duration
-    )  # [T, num_mel_bins]
+    )[:num_frames]  # [T, num_mel_bins]
     return feats.numpy().astype(np.float32, copy=False)
 
 
@@ -50,7 +55,9 @@ class FbankExtractorConfig:
 
     def features_config(self) -> FeaturesConfig:
         return FeaturesConfig(
-            num_mel_bins=self.num_mel_bins, frame_length_ms=self.frame_length_ms, frame_shift_ms=self.frame_shift_ms
+            num_mel_bins=self.num_mel_bins,
+            frame_length_ms=self.frame_length_ms,
+            frame_shift_ms=self.frame_shift_ms,
         )
 
 
@@ -62,7 +69,7 @@ class FbankExtractor(FeatureExtractor):
     config_type = FbankExtractorConfig
 
     @classmethod
-    def from_features_config(cls, fcfg: FeaturesConfig) -> "FbankExtractor":
+    def from_features_config(cls, fcfg: FeaturesConfig) -> FbankExtractor:
         return cls(FbankExtractorConfig(fcfg.num_mel_bins, fcfg.frame_length_ms, fcfg.frame_shift_ms))
 
     def extract(self, samples: np.ndarray, sampling_rate: int) -> np.ndarray:
@@ -95,7 +102,7 @@ class RunningStats:
         self.sum += f.sum(axis=0)
         self.sumsq += (f * f).sum(axis=0)
 
-    def merge(self, other: "RunningStats") -> None:
+    def merge(self, other: RunningStats) -> None:
         self.n += other.n
         self.sum += other.sum
         self.sumsq += other.sumsq

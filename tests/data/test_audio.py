@@ -56,7 +56,12 @@ def test_empty_corrupt_truncated_missing(tmp_path):
     (tmp_path / "c.flac").write_bytes(b"not audio" * 50)
     good = _write(tmp_path / "t.flac", tone(2.0, freq=300), 16000).read_bytes()
     (tmp_path / "t.flac").write_bytes(good[: len(good) // 2])
-    for name, match in (("e.flac", "empty"), ("c.flac", "corrupt"), ("t.flac", "truncated"), ("x.flac", "no such")):
+    for name, match in (
+        ("e.flac", "empty"),
+        ("c.flac", "corrupt"),
+        ("t.flac", "truncated"),
+        ("x.flac", "no such"),
+    ):
         with pytest.raises(BadAudio, match=match):
             load_audio(tmp_path / name)
     assert issubclass(BadAudio, UserError)

@@ -17,7 +17,9 @@ from tests.fixtures.data import tone
 def test_frames_follow_lhotse_convention(samples):
     from lhotse.utils import compute_num_frames
 
-    feats = compute_fbank(np.random.default_rng(0).uniform(-0.5, 0.5, samples).astype(np.float32), FeaturesConfig())
+    feats = compute_fbank(
+        np.random.default_rng(0).uniform(-0.5, 0.5, samples).astype(np.float32), FeaturesConfig()
+    )
     assert feats.shape == (compute_num_frames(samples / 16000, 0.01, 16000), 80)
     assert feats.dtype == np.float32 and np.isfinite(feats).all()
 
@@ -51,6 +53,7 @@ def test_running_stats_match_numpy_and_roundtrip(tmp_path):
     np.testing.assert_allclose(std, allf.std(0), rtol=1e-4)
     save_cmvn(tmp_path / "cmvn.json", mean, std, a.n)
     m2, s2 = load_cmvn(tmp_path / "cmvn.json")
+    np.testing.assert_allclose(s2, std, rtol=1e-6)
     np.testing.assert_allclose(m2, mean, rtol=1e-6)
     assert json.loads((tmp_path / "cmvn.json").read_text())["frames"] == 243
 

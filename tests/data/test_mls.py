@@ -28,7 +28,7 @@ def _damaged_split(root):
     """German test split with one utterance of every bad kind beside three good ones."""
     bad_ids = {f"12_120_00000{i}": f"satz nummer {w}" for i, w in enumerate("abcdefgh")}
     split = write_mls_layout(root, "german", "test", {**GOOD, **bad_ids})
-    audio = lambda uid: split / "audio" / "12" / "120" / f"{uid}.flac"  # noqa: E731
+    audio = lambda uid: split / "audio" / "12" / "120" / f"{uid}.flac"
     audio("12_120_000000").write_bytes(b"this is not audio at all" * 20)  # corrupt
     audio("12_120_000001").write_bytes(b"")  # empty
     data = audio("12_120_000002").read_bytes()
@@ -39,10 +39,12 @@ def _damaged_split(root):
     nan[100] = np.nan
     sf.write(audio("12_120_000005"), nan, 16000, format="WAV", subtype="FLOAT")  # NaN (float WAV named .flac)
     audio("12_120_000006").unlink()  # id without audio
-    sf.write(split / "audio" / "12" / "120" / "12_120_000099.flac", tone(1.0), 16000, format="FLAC")  # audio without id
+    sf.write(
+        split / "audio" / "12" / "120" / "12_120_000099.flac", tone(1.0), 16000, format="FLAC"
+    )  # audio without id
     lines = (split / "transcripts.txt").read_bytes().splitlines(keepends=True)
     lines = [ln.replace(b"satz nummer h", b"") for ln in lines]  # 000007: empty transcript
-    lines.append("11_110_000000\tnoch einmal\n".encode())  # duplicate id
+    lines.append(b"11_110_000000\tnoch einmal\n")  # duplicate id
     lines.append("10_100_000002\tgr\xfc\xdfe\n".encode("latin-1"))  # non-UTF-8
     (split / "transcripts.txt").write_bytes(b"".join(lines))
     sf.write(split / "audio" / "10" / "100" / "10_100_000002.flac", tone(1.0), 16000, format="FLAC")
@@ -118,7 +120,10 @@ def test_resumable_download_after_a_dropped_connection(tmp_path, http_server):
     dest = tmp_path / "cache" / archive.name
     with pytest.raises(UserError, match="run again to resume"):
         download(url, dest)
-    assert not dest.exists() and 0 < (dest.parent / (dest.name + ".part")).stat().st_size < archive.stat().st_size
+    assert (
+        not dest.exists()
+        and 0 < (dest.parent / (dest.name + ".part")).stat().st_size < archive.stat().st_size
+    )
     got = download(url, dest)
     assert server.requests[1][1].startswith("bytes=") and server.requests[1][1] != "bytes=0-"
     assert dest.read_bytes() == archive.read_bytes() and got["downloaded"]
@@ -142,8 +147,12 @@ def test_prepare_data_from_mls_archives(tmp_path, http_server, monkeypatch):
     monkeypatch.setenv("LLM_ASR_CACHE", str(tmp_path / "cache"))
     cfg = load_config(
         "micro",
-        ["data.source=mls", "data.languages=[german]", f"data.mls.base_url={base}",
-         f"data.mls.sha256={{german: {sha256_file(archive)}}}"],
+        [
+            "data.source=mls",
+            "data.languages=[german]",
+            f"data.mls.base_url={base}",
+            f"data.mls.sha256={{german: {sha256_file(archive)}}}",
+        ],
     )
     paths = Paths.at(tmp_path / "work")
     prepare_data.run(cfg, paths)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_corpus_is_mls_layout_for_all_languages(micro_workdir):
-    cfg, paths = micro_workdir
+    _, paths = micro_workdir
     for lang in LANGUAGES:
         lang_dir = paths.corpus / f"mls_{lang}"
         assert (lang_dir / "metainfo.txt").is_file()
@@ -36,7 +36,7 @@ def test_corpus_is_mls_layout_for_all_languages(micro_workdir):
 
 
 def test_lhotse_mls_recipe_reads_the_corpus(micro_workdir):
-    cfg, paths = micro_workdir
+    _, paths = micro_workdir
     manifests = prepare_mls(paths.corpus, opus=False)
     assert sorted(manifests) == sorted(LANGUAGES)
     ours = CutSet.from_file(paths.manifests / "cuts_test.jsonl.gz")
@@ -46,16 +46,24 @@ def test_lhotse_mls_recipe_reads_the_corpus(micro_workdir):
 
 def test_speakers_of_dev_test_are_disjoint_from_train(micro_workdir):
     _, paths = micro_workdir
-    spk = {s: {c.supervisions[0].speaker for c in CutSet.from_file(paths.manifests / f"cuts_{s}.jsonl.gz")}
-           for s in ("train", "dev", "test")}
+    spk = {
+        s: {c.supervisions[0].speaker for c in CutSet.from_file(paths.manifests / f"cuts_{s}.jsonl.gz")}
+        for s in ("train", "dev", "test")
+    }
     assert not spk["train"] & (spk["dev"] | spk["test"])
 
 
 def test_sentences_are_disjoint_across_splits(micro_workdir):
     _, paths = micro_workdir
-    texts = {s: {c.supervisions[0].text for c in CutSet.from_file(paths.manifests / f"cuts_{s}.jsonl.gz")}
-             for s in ("train", "dev", "test")}
-    assert not texts["train"] & texts["dev"] and not texts["train"] & texts["test"] and not texts["dev"] & texts["test"]
+    texts = {
+        s: {c.supervisions[0].text for c in CutSet.from_file(paths.manifests / f"cuts_{s}.jsonl.gz")}
+        for s in ("train", "dev", "test")
+    }
+    assert (
+        not texts["train"] & texts["dev"]
+        and not texts["train"] & texts["test"]
+        and not texts["dev"] & texts["test"]
+    )
 
 
 def test_cuts_carry_language_and_features_match_inference(micro_workdir):

@@ -20,7 +20,9 @@ def test_plan_splits_are_disjoint_and_ids_unique():
     by_split = {s: [u for u in plan if u.split == s] for s in ("train", "dev", "test")}
     assert [len(by_split[s]) for s in ("train", "dev", "test")] == [8, 3, 3]
     texts = {s: {u.transcript for u in us} for s, us in by_split.items()}
-    assert not (texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"])
+    assert not (
+        texts["train"] & texts["dev"] or texts["train"] & texts["test"] or texts["dev"] & texts["test"]
+    )
     assert len({u.id for u in plan}) == len(plan)
     train_spk = {u.voice.speaker for u in by_split["train"]}
     eval_spk = {u.voice.speaker for u in by_split["dev"] + by_split["test"]}

@@ -14,7 +14,12 @@ def test_paragraphs_include_inline_markup_and_skip_other_elements():
 
 def test_split_sentences():
     para = "Öffnen Sie das Menü. Wählen Sie eine Datei aus! ¿Quiere guardar? Fin."
-    assert split_sentences(para) == ["Öffnen Sie das Menü.", "Wählen Sie eine Datei aus!", "¿Quiere guardar?", "Fin."]
+    assert split_sentences(para) == [
+        "Öffnen Sie das Menü.",
+        "Wählen Sie eine Datei aus!",
+        "¿Quiere guardar?",
+        "Fin.",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -38,7 +43,10 @@ def test_is_clean_sentence(sentence, ok):
 @pytest.mark.parametrize(
     "raw,norm",
     [
-        ("Wählen Sie die Zellen aus, die Sie formatieren möchten.", "wählen sie die zellen aus die sie formatieren möchten"),
+        (
+            "Wählen Sie die Zellen aus, die Sie formatieren möchten.",
+            "wählen sie die zellen aus die sie formatieren möchten",
+        ),
         ("L’image est «insérée» dans le document !", "l'image est insérée dans le document"),
         ("¿Desea guardar los cambios?", "desea guardar los cambios"),
         ("Server-Authentifizierung für E-Mails.", "server authentifizierung für e mails"),

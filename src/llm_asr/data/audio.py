@@ -49,7 +49,9 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
         try:
             data = f.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:  # the header was fine, the data is not
-            raise BadAudio(f"truncated or damaged audio data: {name} ({getattr(e, 'error_string', e)})") from None
+            raise BadAudio(
+                f"truncated or damaged audio data: {name} ({getattr(e, 'error_string', e)})"
+            ) from None
     if data.shape[0] == 0:
         raise BadAudio(f"empty audio (no samples): {name}")
     if 0 < expected != data.shape[0]:

@@ -54,20 +54,27 @@ def _fetch(url: str, part: Path, timeout: float) -> int | None:
             return offset
         raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"download of {url} failed: {getattr(e, 'reason', e)} (check the network or data.mls.base_url)") from None
+        raise UserError(
+            f"download of {url} failed: {getattr(e, 'reason', e)} (check the network or data.mls.base_url)"
+        ) from None
     with resp:
         if offset and resp.status != 206:
             offset = 0  # Range ignored: start over
         total = _total_size(resp, offset)
         mode = "ab" if offset else "wb"
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name) as bar,
+        ):
             try:
                 for block in iter(lambda: resp.read(BLOCK), b""):
                     f.write(block)
                     bar.update(len(block))
             except (http.client.IncompleteRead, OSError) as e:
                 f.write(getattr(e, "partial", b""))
-                raise UserError(f"download of {url} interrupted at {f.tell()} bytes ({type(e).__name__}); run again to resume") from None
+                raise UserError(
+                    f"download of {url} interrupted at {f.tell()} bytes ({type(e).__name__}); run again to resume"
+                ) from None
     return total
 
 
@@ -77,7 +84,9 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     if dest.exists():
         digest = sha256_file(dest)
         if sha256 and digest != sha256:
-            raise UserError(f"{dest}: cached file has SHA-256 {digest}, expected {sha256}; delete it to download again")
+            raise UserError(
+                f"{dest}: cached file has SHA-256 {digest}, expected {sha256}; delete it to download again"
+            )
         return {"path": str(dest), "bytes": dest.stat().st_size, "sha256": digest, "downloaded": False}
     part = dest.with_name(dest.name + ".part")
     total = _fetch(url, part, timeout)
@@ -87,12 +96,14 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     digest = sha256_file(part)
     if sha256 and digest != sha256:
         part.unlink()
-        raise UserError(f"{url}: SHA-256 {digest} does not match the expected {sha256}; the partial file was removed")
+        raise UserError(
+            f"{url}: SHA-256 {digest} does not match the expected {sha256}; the partial file was removed"
+        )
     part.replace(dest)
     return {"path": str(dest), "bytes": size, "sha256": digest, "downloaded": True}
 
 
-def unpack(archive: Path, dest: Path, keep: "callable[[str], bool]" = lambda name: True) -> int:
+def unpack(archive: Path, dest: Path, keep: callable[[str], bool] = lambda name: True) -> int:
     """Extract the members of a .tar(.gz) for which `keep(name)` holds; returns their count.
 
     Uses tarfile's 'data' filter: no absolute paths, no escaping `dest`, no device files.

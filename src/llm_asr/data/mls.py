@@ -71,9 +71,18 @@ def _read_transcripts(path: Path, language: str, split: str) -> tuple[dict[str, 
         uid, _, text = line.partition("\t")
         uid, text = uid.strip(), " ".join(text.split())
         if not _ID.match(uid):
-            skipped.append(_skip(f"{path.name}:{n}", language, split, "malformed line (expected <spk>_<book>_<utt>\\t<text>)"))
+            skipped.append(
+                _skip(
+                    f"{path.name}:{n}",
+                    language,
+                    split,
+                    "malformed line (expected <spk>_<book>_<utt>\\t<text>)",
+                )
+            )
         elif uid in texts:
-            skipped.append(_skip(uid, language, split, f"duplicate id in transcripts.txt (line {n}; first kept)"))
+            skipped.append(
+                _skip(uid, language, split, f"duplicate id in transcripts.txt (line {n}; first kept)")
+            )
         elif not text:
             skipped.append(_skip(uid, language, split, "empty transcript"))
             texts[uid] = ""
@@ -93,7 +102,9 @@ def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[M
     split_dir = lang_dir / split
     trans = split_dir / "transcripts.txt"
     if not trans.is_file():
-        return [], ([_skip(str(split_dir), language, split, "no transcripts.txt")] if split_dir.is_dir() else [])
+        return [], (
+            [_skip(str(split_dir), language, split, "no transcripts.txt")] if split_dir.is_dir() else []
+        )
     texts, skipped = _read_transcripts(trans, language, split)
     audio = {p.stem: p for p in sorted((split_dir / "audio").glob("*/*/*.flac"))}
     reported = {s["id"] for s in skipped}
@@ -103,7 +114,17 @@ def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[M
     present = [uid for uid in sorted(texts) if uid in audio]
     for uid in sorted(set(texts) - set(audio)):
         skipped.append(_skip(uid, language, split, "transcript id without audio"))
-    checked = dict(pool.map(_check_audio, [str(audio[u]) for u in present], chunksize=16))
+    from tqdm.auto import tqdm
+
+    paths = [str(audio[u]) for u in present]
+    checked = dict(
+        tqdm(
+            pool.imap_unordered(_check_audio, paths, chunksize=16),
+            total=len(paths),
+            desc=f"check {language}/{split} audio",
+            unit="file",
+        )
+    )
     genders = read_metainfo(lang_dir)
     items = []
     for uid in present:
@@ -112,12 +133,17 @@ def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[M
             skipped.append(_skip(uid, language, split, result))
             continue
         spk = uid.split("_")[0]
-        items.append(MlsItem(uid, language, split, audio[uid].resolve(), texts[uid], result, spk, genders.get(spk)))
+        items.append(
+            MlsItem(uid, language, split, audio[uid].resolve(), texts[uid], result, spk, genders.get(spk))
+        )
     return items, skipped
 
 
 def read_mls_dir(
-    data_dir: str | Path, split: str, languages: list[str] | tuple[str, ...] | None = None, num_workers: int = 0
+    data_dir: str | Path,
+    split: str,
+    languages: list[str] | tuple[str, ...] | None = None,
+    num_workers: int = 0,
 ) -> tuple[list[MlsItem], list[dict]]:
     """Usable utterances of one split of an MLS-layout dir, and the skipped ones with reasons.
 
@@ -144,7 +170,9 @@ def read_mls_dir(
         reasons: dict[str, int] = {}
         for s in skipped:
             reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        detail = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items())) or f"no {split}/transcripts.txt found"
+        detail = (
+            "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items())) or f"no {split}/transcripts.txt found"
+        )
         raise UserError(f"{data_dir}: no usable '{split}' utterances ({detail})")
     return items, skipped
 
@@ -163,7 +191,9 @@ def fetch_mls(cfg, corpus: Path, cache: Path) -> dict:
 
     mls = cfg.data.mls
     if mls.archive_format != "flac":
-        raise UserError("data.mls.archive_format: only 'flac' is supported (the corpus reader and features need FLAC)")
+        raise UserError(
+            "data.mls.archive_format: only 'flac' is supported (the corpus reader and features need FLAC)"
+        )
     facts: dict[str, dict] = {}
     for language in cfg.data.languages:
         name = archive_name(language, mls.archive_format)
@@ -172,8 +202,11 @@ def fetch_mls(cfg, corpus: Path, cache: Path) -> dict:
         marker = lang_dir / ".unpacked"
         if not (marker.is_file() and marker.read_text().strip() == got["sha256"]):
             top = f"mls_{language}/"
-            keep = lambda n, top=top: n.startswith(top) and (  # noqa: E731
-                n.count("/") == 1 or n.split("/")[1] in mls.splits
+            keep = lambda n, top=top: (
+                n.startswith(top)
+                and (
+                    n.count("/") == 1 or n.split("/")[1] in mls.splits
+                )
             )
             got["files"] = unpack(Path(got["path"]), corpus, keep)
             if not lang_dir.is_dir():

@@ -84,7 +84,14 @@ def make_voices(language: str, n_train: int, n_eval: int, seed: int) -> dict[str
     variants = rng.sample(VARIANTS, n_train + n_eval)
     base = (LANGUAGES.index(language) + 1) * 1000
     voices = [
-        Voice(str(base + i), language, var, gender, rate=rng.randrange(130, 200, 5), pitch=rng.randrange(25, 76, 5))
+        Voice(
+            str(base + i),
+            language,
+            var,
+            gender,
+            rate=rng.randrange(130, 200, 5),
+            pitch=rng.randrange(25, 76, 5),
+        )
         for i, (var, gender) in enumerate(variants)
     ]
     return {"train": voices[:n_train], "eval": voices[n_train:]}
@@ -122,13 +129,25 @@ def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utte
 
 def speak(text: str, voice: Voice) -> np.ndarray:
     """espeak-ng -> float32 16 kHz mono samples."""
-    cmd = ["espeak-ng", "-v", voice.espeak_name, "-s", str(voice.rate), "-p", str(voice.pitch), "--stdout", text]
+    cmd = [
+        "espeak-ng",
+        "-v",
+        voice.espeak_name,
+        "-s",
+        str(voice.rate),
+        "-p",
+        str(voice.pitch),
+        "--stdout",
+        text,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, check=True, timeout=60)
     except FileNotFoundError:
         raise UserError("espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)") from None
     except subprocess.CalledProcessError as e:
-        raise UserError(f"espeak-ng failed for voice {voice.espeak_name}: {e.stderr.decode(errors='replace')}") from None
+        raise UserError(
+            f"espeak-ng failed for voice {voice.espeak_name}: {e.stderr.decode(errors='replace')}"
+        ) from None
     # espeak-ng writes a 44-byte WAV header (length fields unset when piping), then int16
     pcm = np.frombuffer(proc.stdout[44:], dtype="<i2").astype(np.float32) / 32768.0
     return resample(pcm, ESPEAK_RATE, SAMPLE_RATE)
@@ -159,10 +178,16 @@ def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int
         minutes: dict[tuple, float] = defaultdict(float)
         for u in utts:
             book = u.id.split("_")[1]
-            minutes[(u.voice.speaker, u.voice.gender, u.split, book, u.voice.describe())] += samples[u.id] / SAMPLE_RATE / 60
-        rows = ["SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   |       TITLE          |  CHAPTER\n"]
+            minutes[(u.voice.speaker, u.voice.gender, u.split, book, u.voice.describe())] += (
+                samples[u.id] / SAMPLE_RATE / 60
+            )
+        rows = [
+            "SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   |       TITLE          |  CHAPTER\n"
+        ]
         for (spk, gender, split, book, desc), mins in sorted(minutes.items()):
-            rows.append(f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | LibreOffice help | {desc}\n")
+            rows.append(
+                f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | LibreOffice help | {desc}\n"
+            )
         (lang_dir / "metainfo.txt").write_text("".join(rows), encoding="utf-8")
 
 

@@ -107,11 +107,13 @@ def fetch_help_package(language: str, cache: Path) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{pkg}_*.deb"))
     if not found:
-        proc = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True)
+        proc = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True, check=False)
         found = sorted(debs.glob(f"{pkg}_*.deb"))
         if proc.returncode != 0 or not found:
             msg = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no .deb produced"]
-            raise UserError(f"apt-get download {pkg} failed ({msg[0]}); run `apt-get update` or check the network")
+            raise UserError(
+                f"apt-get download {pkg} failed ({msg[0]}); run `apt-get update` or check the network"
+            )
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg", "-x", str(found[-1]), str(root)], check=True)
     if not help_dir.is_dir():
@@ -161,11 +163,15 @@ def sentences_for(language: str, cache: Path) -> list[str]:
     return sents
 
 
-def sentences_for_all(languages: list[str] | tuple[str, ...], cache: Path, workers: int) -> dict[str, list[str]]:
+def sentences_for_all(
+    languages: list[str] | tuple[str, ...], cache: Path, workers: int
+) -> dict[str, list[str]]:
     """`sentences_for` over several languages, uncached ones in parallel processes."""
     from multiprocessing import get_context
 
-    todo = [lang for lang in languages if not (cache / "sentences" / f"{lang}.v{CLEANING_VERSION}.json").exists()]
+    todo = [
+        lang for lang in languages if not (cache / "sentences" / f"{lang}.v{CLEANING_VERSION}.json").exists()
+    ]
     if len(todo) > 1 and workers > 1:
         with get_context("fork").Pool(min(workers, len(todo))) as pool:
             pool.starmap(sentences_for, [(lang, cache) for lang in todo])

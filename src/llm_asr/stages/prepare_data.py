@@ -66,7 +66,11 @@ def run(cfg: Config, paths: Paths) -> dict:
         source_facts = build_corpus(cfg, paths)
         t1 = time.time()
         report = {"source": cfg.data.source, **make_manifests(cfg, paths)}
-        report["build"] = {**source_facts, "corpus_seconds": round(t1 - t0, 2), "manifest_seconds": round(time.time() - t1, 2)}
+        report["build"] = {
+            **source_facts,
+            "corpus_seconds": round(t1 - t0, 2),
+            "manifest_seconds": round(time.time() - t1, 2),
+        }
         paths.reports.mkdir(parents=True, exist_ok=True)
         out = paths.reports / "data_report.json"
         out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
