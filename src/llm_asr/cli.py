@@ -153,7 +153,12 @@ def compare(
     cfg, paths = _load(profile, set_, workdir)
     from llm_asr import compare as compare_mod
 
-    _print_result(compare_mod.run(cfg, paths, experiment=experiment, tags=tag or [], out_dir=out_dir))
+    try:
+        result = compare_mod.run(cfg, paths, experiment=experiment, tags=tag or [], out_dir=out_dir)
+    except UserError as e:
+        err.print(f"[red]compare failed:[/red] {e}")
+        raise typer.Exit(2) from None
+    _print_result(result)
 
 
 def main() -> None:

@@ -24,8 +24,7 @@ from llm_asr.errors import UserError
 from llm_asr.paths import Paths
 
 TRAIN_STAGE = "train_speech_llm"
-EVAL_STAGE = "evaluate"
-PARAM_KEYS = ("trainable_params", "num_trainable_params", "params_trainable")
+EVAL_STAGE = "evaluate_speech_llm"
 
 
 def _parse_tags(tags: list[str]) -> dict[str, str]:
@@ -51,16 +50,20 @@ def select_runs(experiment: str, tags: dict[str, str]) -> list[Any]:
     )
 
 
-def _first(data: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    for k in keys:
-        if k in data:
-            return float(data[k])
-    return None
-
-
 def _is_speech_llm_eval(run: Any) -> bool:
     t = run.data.tags
-    return t.get("stage") == EVAL_STAGE and t.get("system", "speech-llm") == "speech-llm"
+    return t.get("stage") == EVAL_STAGE or (t.get("stage", "").startswith("evaluate") and t.get("system") == "speech-llm")
+
+
+def trainable_params_m(train: Any) -> float | None:
+    """Millions of trainable parameters of a stage-two run: projector + LoRA (+ encoder unless frozen)."""
+    m = train.data.metrics
+    if "trainable_params_m" in m:
+        return m["trainable_params_m"]
+    if "projector_params_m" not in m:
+        return None
+    encoder = m.get("encoder_params_m", 0.0) if train.data.params.get("speech_llm.freeze_encoder") == "False" else 0.0
+    return round(m["projector_params_m"] + m.get("lora_params_m", 0.0) + encoder, 3)
 
 
 def _row(train: Any, evaluation: Any) -> dict[str, Any]:
@@ -80,12 +83,11 @@ def _row(train: Any, evaluation: Any) -> dict[str, Any]:
     trainable = None
     minutes = None
     if train is not None:
-        data = {**train.data.params, **train.data.metrics}
-        trainable = _first(data, PARAM_KEYS)
-        minutes = _first(train.data.metrics, ("train_minutes",))  # the trainer's summary
+        trainable = trainable_params_m(train)
+        minutes = train.data.metrics.get("train_minutes")  # the trainer's summary
         if minutes is None and train.info.end_time:  # else the stage run's wall time
             minutes = round((train.info.end_time - train.info.start_time) / 60000, 2)
-    row.update(trainable_params=trainable, train_minutes=minutes)
+    row.update(trainable_params_m=trainable, train_minutes=minutes)
     row.update(eval_run=evaluation.info.run_id, train_run=train.info.run_id if train else "")
     return row
 

@@ -3,8 +3,9 @@
 Served with `mlflow models serve -m models:/llm-asr@champion --env-manager local`, a
 request is `{"dataframe_split": {"columns": ["audio"], "data": [["<base64 WAV/FLAC>"]]}}`
 and the answer `{"predictions": [{"text": "..."}]}`. Requests beyond the limits in
-`tracking.max_*`, undecodable audio and (when served) file paths are answered with
-HTTP 400 and a message. In local, non-served use (`mlflow.pyfunc.load_model(...)`),
+`tracking.max_*` (overridable per deployment: `MLFLOW_PYFUNC_INFERENCE_CONFIG=
+'{"max_payload_mb": 5}'`), undecodable audio and (when served) file paths are answered
+with HTTP 400 and a message. In local, non-served use (`mlflow.pyfunc.load_model(...)`),
 a `path` column naming audio files works too.
 """
 
@@ -21,11 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from llm_asr.config import REPO_ROOT, Config
+from llm_asr.config import REPO_ROOT, Config, TrackingConfig
 from llm_asr.errors import UserError
 from llm_asr.paths import Paths
 
 SAMPLE_RATE = 16000
+PACKAGE_EXCLUDES = ("checkpoints", "*.tmp")
+LIMITS = ("max_payload_mb", "max_clips", "max_audio_s")
 # MLflow sets this in the scoring server process (and while it validates a serving example)
 SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
@@ -51,9 +54,11 @@ class SpeechLlmModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from llm_asr.inference import load_recognizer
 
-        cfg = Config.model_validate(context.model_config["config"])
+        mc = context.model_config
+        cfg = Config.model_validate(mc["config"])
         model_dir = Path(context.artifacts["model_dir"])
-        self.limits = cfg.tracking
+        # the limits are top-level keys, so a deployment can override them without re-registering
+        self.limits = TrackingConfig.model_validate({**cfg.tracking.model_dump(), **{k: mc[k] for k in LIMITS if k in mc}})
         self.recognizer = load_recognizer(cfg, Paths(model_dir.parent), "speech-llm", model_dir)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -121,15 +126,20 @@ def log_model(cfg: Config, paths: Paths, model_dir: Path, name: str = "model") -
     """Log MODEL_DIR as a pyfunc in the active run; returns MLflow's ModelInfo."""
     import tempfile
 
+    import shutil
+
     lock = REPO_ROOT / "requirements.lock"
     with tempfile.TemporaryDirectory(prefix="llm-asr-pyfunc-") as tmp:
         entry = Path(tmp) / "speech_llm_pyfunc.py"
         entry.write_text(ENTRY_SCRIPT)
+        # the inference files only: resumable training checkpoints stay out of the registry
+        staged = Path(tmp) / model_dir.name
+        shutil.copytree(model_dir, staged, ignore=shutil.ignore_patterns(*PACKAGE_EXCLUDES))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(entry),
-            artifacts={"model_dir": str(model_dir)},
-            model_config={"config": cfg.to_dict()},
+            artifacts={"model_dir": str(staged)},
+            model_config={"config": cfg.to_dict(), **{k: getattr(cfg.tracking, k) for k in LIMITS}},
             signature=signature(),
             input_example=input_example(paths),
             # explicit, so MLflow does not load the model in a subprocess to guess them

@@ -133,24 +133,6 @@ def stage_run(cfg: Config, paths: Paths, stage: str, extra_tags: dict[str, str] 
             mlflow.MlflowClient().set_terminated(parent, status)
 
 
-def log_eval_metrics(result: dict[str, Any], prefix: str = "") -> None:
-    """Log an evaluate result ({"average_wer", "languages": {lang: {"wer", "cer"}}}) to the active run.
-
-    Names: `<prefix>average_wer`, `<prefix>wer_<language>`, `<prefix>cer_<language>`;
-    `llm-asr compare` reads these.
-    """
-    import mlflow
-
-    metrics = {f"{prefix}average_wer": float(result["average_wer"])}
-    if "average_cer" in result:
-        metrics[f"{prefix}average_cer"] = float(result["average_cer"])
-    for lang, m in result.get("languages", {}).items():
-        for key in ("wer", "cer"):
-            if key in m:
-                metrics[f"{prefix}{key}_{lang}"] = float(m[key])
-    mlflow.log_metrics(metrics)
-
-
 def download_model_dir(cfg: Config, paths: Paths, uri: str) -> Path:
     """The speech-LLM model directory inside a registered/logged pyfunc (`models:/...`, `runs:/...`).
 

@@ -1,4 +1,4 @@
-"""Stage runs: params, tags, one parent per pipeline run, metric names; model URIs that do not resolve."""
+"""Stage runs: params, tags, one parent per pipeline run; model URIs that do not resolve."""
 
 from __future__ import annotations
 
@@ -46,16 +46,6 @@ def test_without_a_pipeline_name_stage_runs_stand_alone(mlflow_store, tmp_path):
     with tracking.stage_run(load_config("micro"), Paths.at(tmp_path), "report") as run:
         pass
     assert "mlflow.parentRunId" not in mlflow.get_run(run.info.run_id).data.tags
-
-
-def test_eval_metrics_are_logged_per_language(mlflow_store, tmp_path):
-    import mlflow
-
-    result = {"average_wer": 40.0, "languages": {"german": {"wer": 30.0, "cer": 10.0}, "polish": {"wer": 50.0}}}
-    with tracking.stage_run(load_config("micro"), Paths.at(tmp_path), "evaluate") as run:
-        tracking.log_eval_metrics(result)
-    metrics = mlflow.get_run(run.info.run_id).data.metrics
-    assert metrics == {"average_wer": 40.0, "wer_german": 30.0, "cer_german": 10.0, "wer_polish": 50.0}
 
 
 def test_an_unregistered_model_uri_is_a_user_error(mlflow_store, tmp_path):
