@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import re
 import subprocess
 import unicodedata
@@ -95,6 +96,22 @@ def normalize_transcript(text: str) -> str:
     return " ".join(w for w in words if w)
 
 
+def _apt_download(pkg: str, debs: Path) -> list[Path]:
+    """`apt-get download` into `debs`; as root, refresh empty package lists once and retry."""
+    cmd = ["apt-get", "download", pkg]
+    proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 and "Unable to locate package" in proc.stderr and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)  # e.g. slim images
+        proc = subprocess.run(cmd, cwd=debs, capture_output=True, text=True, check=False)
+    found = sorted(debs.glob(f"{pkg}_*.deb"))
+    if proc.returncode != 0 or not found:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no .deb produced"]
+        raise UserError(
+            f"apt-get download {pkg} failed ({msg[0]}); run `apt-get update` or check the network"
+        )
+    return found
+
+
 def fetch_help_package(language: str, cache: Path) -> Path:
     """Download and unpack `libreoffice-help-<lang>` into the cache; return its help folder."""
     suffix, folder, _ = HELP_LANGS[language]
@@ -105,15 +122,7 @@ def fetch_help_package(language: str, cache: Path) -> Path:
         return help_dir
     debs = cache / "libreoffice" / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    found = sorted(debs.glob(f"{pkg}_*.deb"))
-    if not found:
-        proc = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True, check=False)
-        found = sorted(debs.glob(f"{pkg}_*.deb"))
-        if proc.returncode != 0 or not found:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no .deb produced"]
-            raise UserError(
-                f"apt-get download {pkg} failed ({msg[0]}); run `apt-get update` or check the network"
-            )
+    found = sorted(debs.glob(f"{pkg}_*.deb")) or _apt_download(pkg, debs)
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg", "-x", str(found[-1]), str(root)], check=True)
     if not help_dir.is_dir():
