@@ -96,6 +96,10 @@ class TrainConfig(_Section):
     # lr decay follows elapsed/max_minutes when that is ahead of step/max_steps (a time-budgeted
     # run still ends decayed); the run then depends on machine speed, so exact resume needs False
     decay_by_time: bool = False
+    # a compute budget that a shared machine cannot eat: this process's CPU seconds / its torch
+    # threads, i.e. the wall time the run would take on dedicated cores; 0 = none. The run
+    # stops (and decay_by_time decays) at whichever of max_minutes / max_cpu_minutes comes first
+    max_cpu_minutes: float = Field(0.0, ge=0)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)

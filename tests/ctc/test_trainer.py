@@ -77,6 +77,6 @@ def test_without_resume_different_seed_differs(tmp_path):
 def test_wall_clock_cap_stops_and_checkpoints(tmp_path):
     tcfg = TCFG.model_copy(update={"max_steps": 100000, "max_minutes": 0.02})
     s = train(ToyTask(), toy_cuts(40, "t"), toy_cuts(8, "v"), tcfg, tmp_path, seed=0)
-    assert s["stopped_by"] == "max_minutes" and s["steps"] < 100000
+    assert s["stopped_by"] == "time_budget" and s["steps"] < 100000
     assert load_checkpoint(tmp_path / "checkpoint.pt")["state"]["step"] == s["steps"]
     assert os.path.exists(tmp_path / "best.pt")

@@ -4,7 +4,7 @@ Run: `llm-asr train-ctc [--profile P] [--set ctc.train.lr=...] [--workdir W] [--
 (under `torchrun --nproc-per-node 2 -m llm_asr.cli train-ctc` for data parallelism).
 Writes `models/ctc/`: model.pt (best dev-WER weights), config.json, tokenizer.model,
 cmvn.json, curves.json/png, dev_metrics.json (greedy CTC on the whole dev split) and
-checkpoints/ (for --resume).
+checkpoints/ (for --resume); and reports/ctc_train/ (dev metrics, train/valid curves for DVC).
 """
 
 from __future__ import annotations
@@ -107,7 +107,21 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     dev = dev_metrics(task, dev_cuts, cfg.ctc.train.max_duration_s)
     (out / "dev_metrics.json").write_text(json.dumps(dev, indent=1))
     summary["dev_average_wer"] = dev["average_wer"]
+    _write_reports(paths.reports / "ctc_train", dev, out / "curves.json")
     return summary
+
+
+def _write_reports(folder: Path, dev: dict[str, Any], curves_file: Path) -> None:
+    """DVC metrics/plots outside the model dir: dev WER and the train/valid curves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dev_metrics.json").write_text(json.dumps(dev, indent=1))
+    rows = json.loads(curves_file.read_text()) if curves_file.exists() else []
+    train_rows = [{k: r[k] for k in ("step", "minutes", "train_loss", "lr", "audio_s_per_s")} for r in rows
+                  if "train_loss" in r]
+    valid_rows = [{k: r[k] for k in ("step", "minutes", "valid_loss", "valid_wer", "valid_cer") if k in r}
+                  for r in rows if "valid_wer" in r]
+    (folder / "train_curve.json").write_text(json.dumps(train_rows, indent=1))
+    (folder / "valid_curve.json").write_text(json.dumps(valid_rows, indent=1))
 
 
 def run(cfg: Config, paths: Paths, resume: bool = False) -> dict[str, Any]:

@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 class TrainState:
     step: int = 0
     elapsed_s: float = 0.0
+    cpu_equiv_s: float = 0.0  # process CPU seconds / torch threads
     precision: str = ""
     bf16_speedup: float = 0.0
     best_metric: float = float("inf")
@@ -188,8 +189,8 @@ class _Loop:
         else:
             totals["skipped"] = 1.0  # non-finite gradient: identical decision on every rank
         self.opt.zero_grad(set_to_none=True)
-        if self.tcfg.decay_by_time and self.tcfg.max_minutes > 0:
-            frac = D.all_reduce_mean(self.state.elapsed_s / (60 * self.tcfg.max_minutes), self.info)
+        if self.tcfg.decay_by_time:
+            frac = D.all_reduce_mean(self.budget_fraction(), self.info)
             self.sched.lr_lambdas[0].time_fraction = min(1.0, frac)
         self.sched.step()
         self.state.step += 1
@@ -251,10 +252,10 @@ class _Loop:
         win_steps, win_audio, win_t0 = 0, 0.0, time.perf_counter()
         stopped_by = "max_steps"
         while st.step < tcfg.max_steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stats, audio_s, norm = self.step(stream)
-            st.elapsed_s += time.perf_counter() - t0
-            t0 = time.perf_counter()
+            self._tick(t0, c0)
+            t0, c0 = time.perf_counter(), time.process_time()
             for k, v in stats.items():
                 window[k] = window.get(k, 0.0) + v
             win_steps, win_audio = win_steps + 1, win_audio + audio_s * self.info.world_size
@@ -265,23 +266,33 @@ class _Loop:
                 row.update(lr=self.sched.get_last_lr()[0], audio_s_per_s=rate, grad_norm=norm)
                 self._log(row, bar)
                 window, win_steps, win_audio, win_t0 = {}, 0, 0.0, time.perf_counter()
-            capped = tcfg.max_minutes > 0 and st.elapsed_s >= tcfg.max_minutes * 60
-            capped = D.any_rank(capped, self.info)
+            capped = D.any_rank(self.budget_fraction() >= 1.0, self.info)
             last = capped or st.step == tcfg.max_steps
             if st.step % tcfg.valid_every == 0 or last:
                 self._validate_and_select()
-            st.elapsed_s += time.perf_counter() - t0  # validation time counts toward the cap
+            self._tick(t0, c0)  # validation time counts toward the budget
             if st.step % tcfg.checkpoint_every == 0 or last:
                 self.save()
             if capped:
-                stopped_by = "max_minutes"
+                stopped_by = "time_budget"
                 break
         bar.close()
         return self._finish(stopped_by, resumed)
 
+    def _tick(self, t0: float, c0: float) -> None:
+        self.state.elapsed_s += time.perf_counter() - t0
+        self.state.cpu_equiv_s += (time.process_time() - c0) / max(1, torch.get_num_threads())
+
+    def budget_fraction(self) -> float:
+        """How much of the time budget is used: the larger of wall and CPU-equivalent (0 = no budget)."""
+        t, st = self.tcfg, self.state
+        wall = st.elapsed_s / (60 * t.max_minutes) if t.max_minutes > 0 else 0.0
+        cpu = st.cpu_equiv_s / (60 * t.max_cpu_minutes) if t.max_cpu_minutes > 0 else 0.0
+        return max(wall, cpu)
+
     def _log(self, row: dict[str, float], bar: tqdm | None = None) -> None:
         st = self.state
-        st.curves.append({"step": st.step, "minutes": st.elapsed_s / 60, **row})
+        st.curves.append({"step": st.step, "minutes": st.elapsed_s / 60, "cpu_minutes": st.cpu_equiv_s / 60, **row})
         if not self.info.is_main:
             return
         if bar is not None:
@@ -319,6 +330,7 @@ class _Loop:
         return {
             "steps": st.step,
             "train_minutes": round(st.elapsed_s / 60, 2),
+            "train_cpu_equiv_minutes": round(st.cpu_equiv_s / 60, 2),
             "stopped_by": stopped_by,
             "resumed": resumed,
             "precision": st.precision,
