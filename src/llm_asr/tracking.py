@@ -70,12 +70,30 @@ def setup(cfg: Config, paths: Paths) -> str:
 
     uri = tracking_uri(cfg, paths)
     mlflow.set_tracking_uri(uri)
+    artifacts = None
     if uri.startswith("sqlite:"):
         paths.mlartifacts.mkdir(parents=True, exist_ok=True)
-        if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=paths.mlartifacts.as_uri())
-    mlflow.set_experiment(cfg.tracking.experiment)
+        artifacts = paths.mlartifacts.as_uri()
+    mlflow.set_experiment(experiment_id=_ensure_experiment(cfg.tracking.experiment, artifacts))
     return uri
+
+
+def _ensure_experiment(name: str, artifact_location: str | None) -> str:
+    """The experiment's id, creating it if needed. Stages started together (KFP ParallelFor,
+    several processes) race to create it: the loser's "already exists" error means re-read."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def _log_config_params(client: Any, run_id: str, cfg: Config) -> None:

@@ -21,12 +21,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _log_worker(uri: str, worker: int) -> None:
+def _log_worker(uri: str, worker: int, workdir: str) -> None:
+    """One stage-like process: the project's own tracking.stage_run (it creates the experiment
+    if missing, so all 8 race to create it, as KFP ParallelFor stages do)."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("concurrency")
-    with mlflow.start_run(run_name=f"worker-{worker}", tags={"worker": str(worker)}):
+    from llm_asr import tracking
+    from llm_asr.config import load_config
+    from llm_asr.paths import Paths
+
+    cfg = load_config("micro", [f"tracking.tracking_uri={uri}", "tracking.experiment=concurrency"])
+    with tracking.stage_run(cfg, Paths.at(workdir), f"worker-{worker}", {"worker": str(worker)}):
         for step in range(N_STEPS):
             mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
             mlflow.log_metrics({"a": step, "b": worker}, step=step)
@@ -64,13 +69,12 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_eight_processes_lose_no_metric(mlflow_server):
+def test_eight_processes_lose_no_metric(mlflow_server, tmp_path):
     import mlflow
 
-    # created once up front: concurrent set_experiment calls race to create it
-    mlflow.MlflowClient(tracking_uri=mlflow_server).create_experiment("concurrency")
+    # no experiment up front: the 8 processes race to create it (tracking.setup must survive that)
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_log_worker, args=(mlflow_server, i)) for i in range(N_PROCS)]
+    procs = [ctx.Process(target=_log_worker, args=(mlflow_server, i, str(tmp_path))) for i in range(N_PROCS)]
     for p in procs:
         p.start()
     for p in procs:
