@@ -37,9 +37,9 @@ def _experiments(show: list) -> list[dict]:
     def walk(node):
         if isinstance(node, dict):
             data = node.get("data")
-            if isinstance(data, dict) and node.get("name") and data.get("metrics"):
-                found.append({"name": node["name"], "params": data["params"]["params.yaml"]["data"],
-                              "metrics": data["metrics"]["reports/metrics.json"]["data"]})
+            metrics = (data or {}).get("metrics", {}).get("reports/metrics.json", {}).get("data")
+            if metrics and node.get("name") and node.get("rev") != "workspace":
+                found.append({"name": node["name"], "params": data["params"]["params.yaml"]["data"], "metrics": metrics})
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):

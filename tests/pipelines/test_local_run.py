@@ -71,7 +71,10 @@ def test_all_stages_logged_under_one_mlflow_parent_run(local_run):
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     stages = {r.data.tags["stage"] for r in children}
-    assert {"prepare_data", "extract_features", "train_ctc", "train_speech_llm", "evaluate"} <= stages
+    assert stages == {
+        "prepare_data", "extract_features", "train_ctc", "evaluate_ctc", "train_speech_llm",
+        "evaluate_speech_llm", "report", "register",
+    }
     assert all(r.data.tags["profile"] == "micro" for r in children)
     # the override travelled as a pipeline parameter into every stage's config
     assert all(r.data.params["evaluate.max_utterances_per_language"] == "2" for r in children)
