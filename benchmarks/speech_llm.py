@@ -103,14 +103,17 @@ def main() -> None:
     res = {"peak_flop_s": {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}}
     cfg, model, tok = build(160)
     res["decoding"] = decoding(cfg, model, tok, n, sec)
+    print(json.dumps({"decoding": res["decoding"]}), flush=True)  # each section as soon as it is measured
     res["training"] = {p: train_step(model, n, sec, p) for p in ("fp32", "bf16")}
     for p in ("fp32", "bf16"):
         res["training"][p]["fraction_of_peak"] = res["training"][p]["flop_s"] / res["peak_flop_s"][p]
+    print(json.dumps({"peak_flop_s": res["peak_flop_s"], "training": res["training"]}), flush=True)
     res["stride"] = {}
     for stride in (80, 160, 240, 480, 960):
         _, m, _ = build(stride)
         r = train_step(m, n, sec, "bf16")
         res["stride"][stride] = {"llm_input_len": r["llm_input_len"], "step_s": r["step_s"]}
+        print(json.dumps({"stride_ms": stride, **res["stride"][stride]}), flush=True)
     print(json.dumps(res, indent=1))
     if args.out:
         with open(args.out, "w") as f:
