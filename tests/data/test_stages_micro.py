@@ -13,6 +13,7 @@ from lhotse.recipes.mls import prepare_mls
 
 from llm_asr.config import LANGUAGES
 from llm_asr.data.audio import load_audio
+from llm_asr.data.manifests import load_cuts
 from llm_asr.features import compute_fbank, load_cmvn
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,7 @@ def test_sentences_are_disjoint_across_splits(micro_workdir):
 
 def test_cuts_carry_language_and_features_match_inference(micro_workdir):
     cfg, paths = micro_workdir
-    cuts = CutSet.from_file(paths.features / "cuts_train.jsonl.gz")
+    cuts = load_cuts(paths.features / "cuts_train.jsonl.gz", paths.workdir)
     assert {c.supervisions[0].language for c in cuts} == set(LANGUAGES)
     cut = cuts[0]
     stored = cut.load_features()
@@ -86,3 +87,22 @@ def test_cmvn_and_report(micro_workdir):
     for lang in LANGUAGES:
         assert report["languages"][lang]["train"]["utterances"] == cfg.data.synthetic.train_per_language
         assert report["languages"][lang]["test"]["hours"] > 0
+
+
+def test_manifests_are_relative_to_the_workdir_and_survive_a_move(micro_workdir, tmp_path):
+    """A fresh clone + `dvc pull` (or a KFP artifact) puts the data at another path."""
+    import shutil
+
+    _, paths = micro_workdir
+    for name in ("manifests/cuts_test.jsonl.gz", "features/cuts_test.jsonl.gz"):
+        for c in CutSet.from_file(paths.workdir / "data" / name):
+            assert c.recording.sources[0].source.startswith("data/corpus/mls_"), c.recording.sources[0].source
+            assert not c.has_features or c.features.storage_path == "data/features/storage/test"
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(paths.workdir / "data", moved / "data", ignore=shutil.ignore_patterns("storage"))
+    shutil.copytree(paths.features / "storage" / "test", moved / "data/features/storage/test")
+    cut = load_cuts(moved / "data/features/cuts_test.jsonl.gz", moved)[0]
+    assert cut.recording.sources[0].source.startswith(str(moved))
+    np.testing.assert_array_equal(cut.load_features(), load_cuts(paths.features / "cuts_test.jsonl.gz",
+                                                                  paths.workdir)[0].load_features())
+    assert cut.load_audio().shape[1] == cut.recording.num_samples

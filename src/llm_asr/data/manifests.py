@@ -5,7 +5,10 @@ Written under the manifests dir, with lhotse's MLS recipe names:
 `mls-<language>_recordings_<split>.jsonl.gz`, `mls-<language>_supervisions_<split>.jsonl.gz`,
 and one CutSet per split over all languages, `cuts_<split>.jsonl.gz`. Every supervision
 carries `language` (the MLS name, e.g. "german") and the transcript as `text`.
-Audio paths are absolute. Items are sorted by id, so the files are byte-stable.
+Audio paths are relative to the workdir (`data/corpus/...`, absolute only for audio outside
+it), so a manifest stays valid when the workdir moves (a fresh clone + `dvc pull`, a KFP
+artifact): read them with `load_cuts(path, workdir)`, which resolves them. Items are sorted
+by id, so the files are byte-stable.
 """
 
 from __future__ import annotations
@@ -20,13 +23,41 @@ from llm_asr.data.audio import SAMPLE_RATE
 from llm_asr.data.mls import MlsItem
 
 
-def to_lhotse(items: list[MlsItem]) -> tuple[RecordingSet, SupervisionSet]:
+def relative_to(path: str | Path, base: Path | None) -> str:
+    """`path` relative to `base` when it lies under it (lexically, links not followed), else as is."""
+    p = Path(path)
+    if base is not None and p.is_absolute() and p.is_relative_to(base):
+        return str(p.relative_to(base))
+    return str(p)
+
+
+def load_cuts(path: str | Path, workdir: str | Path) -> CutSet:
+    """A CutSet written by prepare-data / extract-features, its relative audio and feature paths
+    resolved against `workdir` (absolute ones are kept)."""
+    base = Path(workdir).absolute()
+    return CutSet.from_cuts(
+        c.with_recording_path_prefix(base).with_features_path_prefix(base) for c in CutSet.from_file(path)
+    )
+
+
+def relativize_cut(d: dict, workdir: Path) -> dict:
+    """A cut dict with its audio sources and feature storage made relative to `workdir`."""
+    for src in d.get("recording", {}).get("sources", []):
+        if src.get("type") == "file":
+            src["source"] = relative_to(src["source"], workdir)
+    if d.get("features"):
+        d["features"]["storage_path"] = relative_to(d["features"]["storage_path"], workdir)
+    return d
+
+
+def to_lhotse(items: list[MlsItem], base: Path | None = None) -> tuple[RecordingSet, SupervisionSet]:
+    """Recordings (audio paths relative to `base` when under it) and supervisions, sorted by id."""
     recordings, supervisions = [], []
     for it in sorted(items, key=lambda x: x.id):
         recordings.append(
             Recording(
                 id=it.id,
-                sources=[AudioSource(type="file", channels=[0], source=str(it.audio_path))],
+                sources=[AudioSource(type="file", channels=[0], source=relative_to(it.audio_path, base))],
                 sampling_rate=SAMPLE_RATE,
                 num_samples=it.num_samples,
                 duration=it.num_samples / SAMPLE_RATE,
@@ -50,17 +81,18 @@ def to_lhotse(items: list[MlsItem]) -> tuple[RecordingSet, SupervisionSet]:
     return recs, sups
 
 
-def write_manifests(items: list[MlsItem], split: str, out_dir: Path) -> CutSet:
-    """Per-language recordings/supervisions + the all-language CutSet for one split."""
+def write_manifests(items: list[MlsItem], split: str, out_dir: Path, base: Path | None = None) -> CutSet:
+    """Per-language recordings/supervisions + the all-language CutSet for one split (audio paths
+    relative to `base`, the workdir, when given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     by_lang: dict[str, list[MlsItem]] = defaultdict(list)
     for it in items:
         by_lang[it.language].append(it)
     for language, its in sorted(by_lang.items()):
-        recs, sups = to_lhotse(its)
+        recs, sups = to_lhotse(its, base)
         recs.to_file(out_dir / f"mls-{language}_recordings_{split}.jsonl.gz")
         sups.to_file(out_dir / f"mls-{language}_supervisions_{split}.jsonl.gz")
-    recs, sups = to_lhotse(items)
+    recs, sups = to_lhotse(items, base)
     # one cut per utterance, cut id = utterance id (CutSet.from_manifests would add a suffix)
     cuts = CutSet.from_cuts(
         MonoCut(id=sup.id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup])

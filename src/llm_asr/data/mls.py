@@ -134,7 +134,7 @@ def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[M
             continue
         spk = uid.split("_")[0]
         items.append(
-            MlsItem(uid, language, split, audio[uid].resolve(), texts[uid], result, spk, genders.get(spk))
+            MlsItem(uid, language, split, audio[uid].absolute(), texts[uid], result, spk, genders.get(spk))
         )
     return items, skipped
 

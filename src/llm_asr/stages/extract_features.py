@@ -2,7 +2,8 @@
 
 Run: `llm-asr extract-features [--profile P] [--set KEY=VALUE] [--workdir DIR]`
 Reads `data/manifests/cuts_<split>.jsonl.gz`; writes `data/features/cuts_<split>.jsonl.gz`
-(the same cuts with features attached, arrays under `data/features/storage/<split>/`)
+(the same cuts with features attached, arrays under `data/features/storage/<split>/`; paths
+relative to the workdir, read them with `llm_asr.data.manifests.load_cuts`)
 and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split).
 """
 
@@ -55,10 +56,12 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
     from lhotse import CutSet
     from tqdm.auto import tqdm
 
+    from llm_asr.data.manifests import load_cuts, relativize_cut
+
     src = paths.manifests / f"cuts_{split}.jsonl.gz"
     if not src.is_file():
         raise UserError(f"no manifest {src}: run `llm-asr prepare-data` first")
-    cuts = [c.to_dict() for c in CutSet.from_file(src)]
+    cuts = [c.to_dict() for c in load_cuts(src, paths.workdir)]
     storage = paths.features / "storage" / split
     fcfg = cfg.features.model_dump()
     jobs = [(cuts[i : i + CHUNK], str(storage), fcfg) for i in range(0, len(cuts), CHUNK)]
@@ -67,7 +70,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
     seconds = 0.0
     with tqdm(total=len(cuts), desc=f"fbank {split}", unit="cut") as bar:
         for out, st, sec in pool.imap(_extract_chunk, jobs):  # ordered: output follows the manifest
-            done += out
+            done += [relativize_cut(d, paths.workdir) for d in out]
             stats.merge(st)
             seconds += sec
             bar.update(len(out))

@@ -40,7 +40,7 @@ def make_manifests(cfg: Config, paths: Paths) -> dict:
     skipped: list[dict] = []
     for split in SPLITS:
         items, sk = read_mls_dir(paths.corpus, split, cfg.data.languages, cfg.data.num_workers)
-        write_manifests(items, split, paths.manifests)
+        write_manifests(items, split, paths.manifests, base=paths.workdir)
         splits[split] = summarize(items)
         skipped += sk
     languages = {

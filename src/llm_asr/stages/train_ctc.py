@@ -19,6 +19,7 @@ from lhotse import CutSet
 
 from llm_asr import tracking
 from llm_asr.config import Config
+from llm_asr.data.manifests import load_cuts as load_cuts_file
 from llm_asr.errors import UserError
 from llm_asr.evaluation import metrics_json
 from llm_asr.paths import Paths
@@ -29,7 +30,7 @@ def load_cuts(paths: Paths, split: str) -> CutSet:
     path = paths.features / f"cuts_{split}.jsonl.gz"
     if not path.is_file():
         raise UserError(f"no features at {path}: run `llm-asr extract-features` first")
-    cuts = CutSet.from_file(path)
+    cuts = load_cuts_file(path, paths.workdir)  # resolves the workdir-relative audio/feature paths
     if len(cuts) == 0:
         raise UserError(f"{path} holds no cuts")
     return cuts
