@@ -54,9 +54,15 @@ def main() -> None:
     ap.add_argument("--profile", default="micro")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE, repeatable")
     ap.add_argument("--root", type=Path, default=Path("build/local"), help="artifacts, workdirs, MLflow store")
+    ap.add_argument("--grid", default="", help="ablation grid STRIDES x RANKS, e.g. 80,160x0,4")
     args = ap.parse_args()
+    params = {}
+    if args.grid:
+        from pipelines.submit import parse_grid
+
+        params["grid_points"] = parse_grid(args.grid)
     start = time.time()
-    out = run_local(args.pipeline, args.profile, args.overrides, args.root)
+    out = run_local(args.pipeline, args.profile, args.overrides, args.root, **params)
     print(f"{args.pipeline} pipeline ({args.profile}) finished in {time.time() - start:.0f} s; artifacts: {out}")
 
 

@@ -81,8 +81,9 @@ def test_dvc_experiment_grid_lists_wer_per_experiment(tmp_path):
         time.sleep(5)
     assert "Failed" not in status, status + sh("dvc", "queue", "logs", status.split()[0], cwd=repo, env=env)
 
-    experiments = _experiments(json.loads(sh("dvc", "exp", "show", "--json", cwd=repo, env=env)))
-    assert len(experiments) == 2, experiments
+    show = sh("dvc", "exp", "show", "--json", cwd=repo, env=env)
+    experiments = _experiments(json.loads(show))
+    assert len(experiments) == 2, show[:3000]
     grid = {(e["params"]["speech_llm"]["stride_ms"], e["params"]["speech_llm"]["lora"]["rank"]) for e in experiments}
     assert grid == {(80, 0), (160, 0)}
     for e in experiments:
