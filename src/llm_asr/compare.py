@@ -115,7 +115,7 @@ def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and pd.isna(v)):
         return "-"
     if isinstance(v, float):
-        return f"{v:,.0f}" if v >= 1000 else f"{v:.2f}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
     return str(v)
 
 
