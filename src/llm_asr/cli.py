@@ -128,16 +128,21 @@ def transcribe(
     set_: SetOpt = None,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Print one JSON line per file: {"audio": path, "text": ...}."""
+    """Print one JSON line per file: {"audio": path, "text": ...} (or "error"; exit status 2 if any)."""
     cfg, paths = _load(profile, set_, workdir)
     from llm_asr import inference
 
+    failed = 0
     try:
         for line in inference.transcribe_files(cfg, paths, [str(a) for a in audio], model=model):
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+            failed += "error" in line
     except (UserError, FileNotFoundError) as e:
         err.print(f"[red]transcribe failed:[/red] {e}")
         raise typer.Exit(2) from None
+    if failed:
+        err.print(f"[red]{failed} of {len(audio)} files could not be read[/red] (see their \"error\" lines)")
+        raise typer.Exit(2)
 
 
 @app.command("compare")

@@ -53,6 +53,9 @@ class DataConfig(_Section):
     synthetic: SyntheticConfig = SyntheticConfig()
     mls: MlsConfig = MlsConfig()
     num_workers: int = Field(0, ge=0)  # 0 = all cores
+    # longer utterances are skipped (and counted) by the corpus reader: MLS utterances are 10-20 s,
+    # and a long one would blow up batching and attention memory; `transcribe` handles long audio
+    max_utterance_s: float = Field(60.0, gt=0)
 
 
 class FeaturesConfig(_Section):

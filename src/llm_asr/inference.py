@@ -96,8 +96,8 @@ def transcribe_long(recognizer: Recognizer, wave: np.ndarray, dcfg, sample_rate:
 
 
 def transcribe_files(cfg: Config, paths: Paths, files: list[str], model: str | Path | None = None):
-    """Yield {"audio": path, "text": ...} per file; the system (speech-LLM or CTC) is read from
-    the model directory. Files of any length: see `transcribe_long`."""
+    """Yield {"audio": path, "text": ...} per file ({"audio": path, "error": why} for unreadable
+    audio); the system (speech-LLM or CTC) is read from the model directory. Files of any length: see `transcribe_long`."""
     from llm_asr.data.audio import SAMPLE_RATE, load_audio
     from llm_asr.models.speech_llm_dir import is_speech_llm_dir
 
@@ -105,5 +105,9 @@ def transcribe_files(cfg: Config, paths: Paths, files: list[str], model: str | P
     system = "speech-llm" if is_speech_llm_dir(model_dir) else "ctc"
     recognizer = load_recognizer(cfg, paths, system, model_dir)
     for path in files:
-        wave = load_audio(path)
+        try:
+            wave = load_audio(path)
+        except UserError as e:  # BadAudio: reported for this file, the others are still transcribed
+            yield {"audio": path, "error": str(e)}
+            continue
         yield {"audio": path, "text": transcribe_long(recognizer, wave, cfg.decoding, SAMPLE_RATE)}

@@ -6,7 +6,8 @@ Two policies, one per use:
   sample rate is resampled to 16 kHz (polyphase, scipy).
 - `read_corpus_audio` (corpus readers: `read_mls_dir`, prepare-data) is strict, as MLS
   is 16 kHz mono FLAC: another rate or channel count is a reason to skip the utterance.
-Both reject empty, truncated, corrupt or non-audio files and NaN/inf samples.
+Both reject empty, truncated, corrupt or non-audio files, NaN/inf samples and audio shorter
+than one 25 ms analysis window (it gives no feature frame, and no model can read it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import soundfile as sf
 from llm_asr.errors import UserError
 
 SAMPLE_RATE = 16000
+MIN_SECONDS = 0.025  # one fbank analysis window
 
 
 class BadAudio(UserError):
@@ -61,6 +63,12 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
     return data, sr
 
 
+def _long_enough(wave: np.ndarray, sr: int, name: str) -> np.ndarray:
+    if wave.shape[0] < MIN_SECONDS * sr:
+        raise BadAudio(f"too short: {name} ({wave.shape[0] / sr * 1000:.1f} ms, need >= {MIN_SECONDS * 1000:g} ms)")
+    return wave
+
+
 def _mono_16k(data: np.ndarray, sr: int) -> np.ndarray:
     wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     return np.ascontiguousarray(resample(wave.astype(np.float32, copy=False), sr))
@@ -73,14 +81,14 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise BadAudio(f"no such audio file: {path}")
     if path.stat().st_size == 0:
         raise BadAudio(f"empty file: {path}")
-    return _mono_16k(*_decode(str(path), str(path)))
+    return _long_enough(_mono_16k(*_decode(str(path), str(path))), SAMPLE_RATE, str(path))
 
 
 def load_audio_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Encoded audio (WAV, FLAC, OGG, ...) in memory -> float32 mono 16 kHz."""
     if not data:
         raise BadAudio(f"empty audio payload: {name}")
-    return _mono_16k(*_decode(io.BytesIO(data), name))
+    return _long_enough(_mono_16k(*_decode(io.BytesIO(data), name)), SAMPLE_RATE, name)
 
 
 def read_corpus_audio(path: str | Path) -> np.ndarray:
@@ -93,4 +101,4 @@ def read_corpus_audio(path: str | Path) -> np.ndarray:
         raise BadAudio(f"wrong sample rate {sr} Hz (expected {SAMPLE_RATE})")
     if data.shape[1] != 1:
         raise BadAudio(f"{data.shape[1]} channels (expected mono)")
-    return data[:, 0]
+    return _long_enough(data[:, 0], sr, path.name)

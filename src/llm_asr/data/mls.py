@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from llm_asr.config import LANGUAGES
@@ -91,14 +92,28 @@ def _read_transcripts(path: Path, language: str, split: str) -> tuple[dict[str, 
     return {k: v for k, v in texts.items() if v}, skipped
 
 
-def _check_audio(path: str) -> tuple[str, int | str]:
+def _check_audio(path: str, max_samples: int | None = None) -> tuple[str, int | str]:
+    """(path, samples) or (path, reason it is unusable); over-long audio is not decoded."""
+    import soundfile as sf
+
     try:
+        if max_samples is not None and Path(path).is_file():
+            try:
+                frames = sf.info(path).frames
+            except (sf.LibsndfileError, RuntimeError, ValueError):
+                frames = 0  # unreadable: read_corpus_audio says why
+            if frames > max_samples:
+                return path, f"longer than {max_samples / SAMPLE_RATE:g} s ({frames / SAMPLE_RATE:.0f} s; data.max_utterance_s)"
         return path, len(read_corpus_audio(path))
     except BadAudio as e:
         return path, str(e)
+    except OSError as e:  # a directory named .flac, unreadable file, vanished file
+        return path, f"cannot read audio file ({e.strerror or e})"
 
 
-def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[MlsItem], list[dict]]:
+def _read_split(
+    lang_dir: Path, language: str, split: str, pool, max_samples: int | None = None
+) -> tuple[list[MlsItem], list[dict]]:
     split_dir = lang_dir / split
     trans = split_dir / "transcripts.txt"
     if not trans.is_file():
@@ -119,7 +134,7 @@ def _read_split(lang_dir: Path, language: str, split: str, pool) -> tuple[list[M
     paths = [str(audio[u]) for u in present]
     checked = dict(
         tqdm(
-            pool.imap_unordered(_check_audio, paths, chunksize=16),
+            pool.imap_unordered(partial(_check_audio, max_samples=max_samples), paths, chunksize=16),
             total=len(paths),
             desc=f"check {language}/{split} audio",
             unit="file",
@@ -144,8 +159,10 @@ def read_mls_dir(
     split: str,
     languages: list[str] | tuple[str, ...] | None = None,
     num_workers: int = 0,
+    max_duration_s: float | None = None,
 ) -> tuple[list[MlsItem], list[dict]]:
-    """Usable utterances of one split of an MLS-layout dir, and the skipped ones with reasons.
+    """Usable utterances of one split of an MLS-layout dir, and the skipped ones with reasons
+    (utterances longer than `max_duration_s` among them).
 
     Raises UserError when the directory holds no `mls_<language>` folder or when no
     utterance is usable (the message counts the skip reasons).
@@ -159,11 +176,12 @@ def read_mls_dir(
     lang_dirs = [(lang, data_dir / f"mls_{lang}") for lang in wanted if (data_dir / f"mls_{lang}").is_dir()]
     if not lang_dirs:
         raise UserError(f"{data_dir}: no MLS-layout folders (mls_<language>/) for {', '.join(wanted)}")
+    max_samples = int(max_duration_s * SAMPLE_RATE) if max_duration_s else None
     items: list[MlsItem] = []
     skipped: list[dict] = []
     with get_context("fork").Pool(_workers(num_workers)) as pool:
         for lang, lang_dir in lang_dirs:
-            its, sk = _read_split(lang_dir, lang, split, pool)
+            its, sk = _read_split(lang_dir, lang, split, pool, max_samples)
             items += its
             skipped += sk
     if not items:

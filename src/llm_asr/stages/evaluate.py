@@ -77,7 +77,8 @@ def run(
     with tracking.stage_run(cfg, paths, f"evaluate_{system.replace('-', '_')}", {"system": system}):
         import mlflow
 
-        items, skipped = read_mls_dir(data_dir, split, cfg.data.languages if data_dir == paths.corpus else None)
+        languages = cfg.data.languages if data_dir == paths.corpus else None
+        items, skipped = read_mls_dir(data_dir, split, languages, max_duration_s=cfg.data.max_utterance_s)
         items = _limit(items, cfg.evaluate.max_utterances_per_language)
         recognizer = load_recognizer(cfg, paths, system, model)
         by_lang, bad = transcribe_items(recognizer, items, cfg.decoding.batch_size)

@@ -4,11 +4,13 @@ Run: `llm-asr extract-features [--profile P] [--set KEY=VALUE] [--workdir DIR]`
 Reads `data/manifests/cuts_<split>.jsonl.gz`; writes `data/features/cuts_<split>.jsonl.gz`
 (the same cuts with features attached, arrays under `data/features/storage/<split>/`; paths
 relative to the workdir, read them with `llm_asr.data.manifests.load_cuts`)
-and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split).
+and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split). A cut whose
+audio can no longer be read is skipped and listed in `data/features/skipped.json`.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -35,24 +37,30 @@ class _CountingFbank(FbankExtractor):
         return feats
 
 
-def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], RunningStats, float]:
-    """Worker: compute + store features for a chunk of cuts; returns cuts, stats, audio seconds."""
+def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], RunningStats, float, list[dict]]:
+    """Worker: compute + store features for a chunk of cuts; returns cuts, stats, audio seconds and
+    the cuts whose audio could not be read (changed since prepare-data validated it), with reasons."""
     import torch
     from lhotse import MonoCut, NumpyFilesWriter
+    from lhotse.audio.utils import AudioLoadingError
 
     torch.set_num_threads(1)
     cut_dicts, storage_dir, fcfg = args
     extractor = _CountingFbank(FeaturesConfig(**fcfg))
-    out, seconds = [], 0.0
+    out, seconds, skipped = [], 0.0, []
     with NumpyFilesWriter(storage_dir) as storage:
         for d in cut_dicts:
-            cut = MonoCut.from_dict(d).compute_and_store_features(extractor, storage)
+            try:
+                cut = MonoCut.from_dict(d).compute_and_store_features(extractor, storage)
+            except (AudioLoadingError, OSError, RuntimeError, ValueError, UserError) as e:
+                skipped.append({"id": d["id"], "reason": f"{type(e).__name__}: {str(e)[:200]}"})
+                continue
             seconds += cut.duration
             out.append(cut.to_dict())
-    return out, extractor.stats, seconds
+    return out, extractor.stats, seconds, skipped
 
 
-def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, RunningStats, float]:
+def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, RunningStats, float, list[dict]]:
     from lhotse import CutSet
     from tqdm.auto import tqdm
 
@@ -66,16 +74,20 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
     fcfg = cfg.features.model_dump()
     jobs = [(cuts[i : i + CHUNK], str(storage), fcfg) for i in range(0, len(cuts), CHUNK)]
     done: list[dict] = []
+    skipped: list[dict] = []
     stats = RunningStats(cfg.features.num_mel_bins)
     seconds = 0.0
     with tqdm(total=len(cuts), desc=f"fbank {split}", unit="cut") as bar:
-        for out, st, sec in pool.imap(_extract_chunk, jobs):  # ordered: output follows the manifest
+        for out, st, sec, sk in pool.imap(_extract_chunk, jobs):  # ordered: output follows the manifest
             done += [relativize_cut(d, paths.workdir) for d in out]
+            skipped += [{**s, "split": split} for s in sk]
             stats.merge(st)
             seconds += sec
-            bar.update(len(out))
+            bar.update(len(out) + len(sk))
+    if cuts and not done:
+        raise UserError(f"{src}: no cut could be read ({skipped[0]['reason']}); run `llm-asr prepare-data` again")
     CutSet.from_dicts(done).to_file(paths.features / f"cuts_{split}.jsonl.gz")
-    return len(done), stats, seconds
+    return len(done), stats, seconds, skipped
 
 
 def run(cfg: Config, paths: Paths) -> dict:
@@ -89,14 +101,15 @@ def run(cfg: Config, paths: Paths) -> dict:
 
         shutil.rmtree(paths.features, ignore_errors=True)
         paths.features.mkdir(parents=True)
-        result: dict = {"cuts": {}}
+        result: dict = {"cuts": {}, "skipped": []}
         t0 = time.time()
         total_seconds = 0.0
         workers = num_workers(cfg.features.num_workers)
         with get_context("fork").Pool(workers) as pool:
             for split in SPLITS:
-                n, stats, seconds = extract_split(cfg, paths, split, pool)
+                n, stats, seconds, skipped = extract_split(cfg, paths, split, pool)
                 result["cuts"][split] = n
+                result["skipped"] += skipped
                 total_seconds += seconds
                 if split == "train":
                     mean, std = stats.mean_std()
@@ -110,4 +123,7 @@ def run(cfg: Config, paths: Paths) -> dict:
             mlflow.log_metric(k, v)
         for split, n in result["cuts"].items():
             mlflow.log_metric(f"{split}_cuts", n)
+        mlflow.log_metric("skipped", len(result["skipped"]))
+        if result["skipped"]:
+            (paths.features / "skipped.json").write_text(json.dumps(result["skipped"], indent=1) + "\n")
     return result

@@ -39,7 +39,9 @@ def make_manifests(cfg: Config, paths: Paths) -> dict:
     splits: dict[str, dict] = {}
     skipped: list[dict] = []
     for split in SPLITS:
-        items, sk = read_mls_dir(paths.corpus, split, cfg.data.languages, cfg.data.num_workers)
+        items, sk = read_mls_dir(
+            paths.corpus, split, cfg.data.languages, cfg.data.num_workers, cfg.data.max_utterance_s
+        )
         write_manifests(items, split, paths.manifests, base=paths.workdir)
         splits[split] = summarize(items)
         skipped += sk
