@@ -40,6 +40,14 @@ def _run_stage(stage: str, cfg: Config, paths: Paths, **kwargs: Any) -> Any:
     except (UserError, ConfigError, FileNotFoundError) as e:
         err.print(f"[red]{stage} failed:[/red] {e}")
         raise typer.Exit(2) from None
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        err.print(f"[red]{stage} failed:[/red] disk full writing {e.filename or 'under ' + str(paths.workdir)} "
+                  f"({e.strerror}): free space or use another --workdir; then rerun (training: --resume)")
+        raise typer.Exit(2) from None
 
 
 def _print_result(result: Any) -> None:

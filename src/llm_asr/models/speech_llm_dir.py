@@ -24,6 +24,7 @@ from llm_asr.errors import UserError
 from llm_asr.models.lora import apply_lora, load_adapter, save_adapter
 from llm_asr.models.projector import build_projector, piece_embeddings
 from llm_asr.models.speech_llm import SpeechLlm
+from llm_asr.training.checkpoint import atomic_save
 
 SYSTEM = "speech-llm"
 TRAINED = "trained.pt"
@@ -79,7 +80,7 @@ def load_trained_state(model: SpeechLlm, state: dict[str, torch.Tensor], lora: b
 def save_model_dir(model: SpeechLlm, cfg: Config, llm_ref: dict[str, str], ctc_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = trained_state(model, lora=False)
-    torch.save(state, out_dir / TRAINED)
+    atomic_save(state, out_dir / TRAINED)  # never a torn file for evaluate/serving to load
     if (out_dir / ADAPTER).exists():
         shutil.rmtree(out_dir / ADAPTER)
     save_adapter(model.llm, out_dir / ADAPTER)

@@ -88,6 +88,7 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     from llm_asr.models.ctc_task import CtcTask
     from llm_asr.models.encoder import WEIGHTS, build_ctc_model
     from llm_asr.training import train
+    from llm_asr.training.checkpoint import atomic_save
 
     out = paths.ctc_model
     train_cuts, tokenizer, cmvn = _prepare_dir(out, cfg, paths, resume, info)
@@ -101,7 +102,7 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     summary["parameters_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 3)
     if not info.is_main:
         return summary
-    torch.save(model.state_dict(), out / WEIGHTS)  # best dev-WER weights (the trainer restored them)
+    atomic_save(model.state_dict(), out / WEIGHTS)  # best dev-WER weights (the trainer restored them)
     for name in ("curves.json", "curves.png"):
         if (out / "checkpoints" / name).exists():
             shutil.copyfile(out / "checkpoints" / name, out / name)

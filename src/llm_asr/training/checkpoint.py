@@ -16,6 +16,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then os.replace (never a torn file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,8 +52,21 @@ def seed_everything(seed: int) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # our own files: they hold RNG tuples and numpy arrays, so weights_only cannot be used
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint written by atomic_save; a torn or foreign file is a UserError naming it."""
+    import pickle
+    import zipfile
+
+    from llm_asr.errors import UserError
+
+    try:
+        # our own files: they hold RNG tuples and numpy arrays, so weights_only cannot be used
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(
+            f"{path}: truncated or corrupt checkpoint ({str(e)[:120]}); delete it to start over"
+        ) from None
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
