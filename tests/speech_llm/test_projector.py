@@ -51,3 +51,17 @@ def test_ctc_mix_gradients_reach_encoder_and_projection() -> None:
     emb.sum().backward()
     assert enc.grad is not None and proj.proj.weight.grad is not None
     assert proj.pieces.requires_grad is False
+
+
+def test_ctc_mix_merge_space_uses_word_start_embeddings_and_drops_boundaries() -> None:
+    space = 1
+    pieces, word_start = torch.randn(5, 4), torch.randn(5, 4)
+    proj = CtcMixProjector(enc_dim=3, llm_dim=4, pieces=pieces, blank=BLANK, word_start=word_start, space=space)
+    best = [[1, 2, 2, 0, 3, 1, 0, 4, 4, 1, 2], [2, 0, 2, 1, 1, 3, 0, 0, 0, 0, 0]]
+    emb, lens = proj(torch.randn(2, 11, 3), torch.tensor([11, 6]), _logits(best, 5))
+    # row 0: _2 3 _4 _2 (boundaries dropped, each word's first character from word_start)
+    # row 1: _2 2 _3 (a blank alone does not open a word; the utterance's first character does)
+    assert lens.tolist() == [4, 3]
+    torch.testing.assert_close(emb[0], torch.stack([word_start[2], pieces[3], word_start[4], word_start[2]]),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb[1, :3], torch.stack([word_start[2], pieces[2], word_start[3]]), atol=1e-5, rtol=0)

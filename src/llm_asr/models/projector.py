@@ -9,6 +9,9 @@ Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,
   of the CTC pieces, plus a learned projection of the encoder state (initialised at zero).
   The LLM therefore starts by reading a noisy transcript in its own embedding space
   (DESIGN section 7) and learns to correct it; the stride does not apply.
+  With `merge_space` (for character CTC vocabularies), word-boundary segments ("\u2581") are
+  dropped and the first character of each word mixes the LLM embeddings of " " + piece
+  (e.g. "\u0120f"), so the LLM reads words the way its tokenizer writes them, ~1/6 shorter.
 """
 
 from __future__ import annotations
@@ -35,25 +38,38 @@ class LinearProjector(nn.Module):
 
 
 @torch.no_grad()
-def piece_embeddings(pieces: list[str], blank: int, llm: nn.Module, llm_tokenizer: Any) -> torch.Tensor:
-    """[V, H]: the mean LLM input embedding of each CTC piece's text; zeros for blank/specials."""
+def piece_embeddings(pieces: list[str], blank: int, llm: nn.Module, llm_tokenizer: Any,
+                     prefix: str = "") -> torch.Tensor:
+    """[V, H]: the mean LLM input embedding of each CTC piece's text (after `prefix`, e.g. " "
+    for word-initial characters); zeros for blank/specials."""
     table = llm.get_input_embeddings().weight.detach().float()
     out = torch.zeros(len(pieces), table.shape[1])
     for i, piece in enumerate(pieces):
         if i == blank or (piece.startswith("<") and piece.endswith(">")):
             continue
         text = piece.replace("\u2581", " ")
+        text = text if text.startswith(" ") else prefix + text
         ids = llm_tokenizer(text, add_special_tokens=False).input_ids
         if ids:
             out[i] = table[ids].mean(0)
     return out
 
 
+def space_index(pieces: list[str]) -> int:
+    """Index of the word-boundary piece ("\u2581") of a character vocabulary, -1 if none."""
+    return pieces.index("\u2581") if "\u2581" in pieces else -1
+
+
 class CtcMixProjector(nn.Module):
-    def __init__(self, enc_dim: int, llm_dim: int, pieces: torch.Tensor, blank: int) -> None:
+    def __init__(self, enc_dim: int, llm_dim: int, pieces: torch.Tensor, blank: int,
+                 word_start: torch.Tensor | None = None, space: int = -1) -> None:
         super().__init__()
         self.blank = blank
         self.register_buffer("pieces", pieces.clone())  # [V, H], fixed: the LLM's own embeddings
+        self.merge_space = word_start is not None
+        if self.merge_space:  # [V, H] the LLM embeddings of " " + piece; the boundary piece index
+            self.register_buffer("word_start", word_start.clone())
+            self.register_buffer("space", torch.tensor(space, dtype=torch.long))
         self.proj = nn.Linear(enc_dim, llm_dim)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -68,6 +84,9 @@ class CtcMixProjector(nn.Module):
         best = post.argmax(-1)  # [B, T]
         valid = torch.arange(t, device=enc.device)[None, :] < enc_lens[:, None]
         keep = valid & (best != self.blank)
+        if self.merge_space:
+            is_space = valid & (best == self.space)
+            keep = keep & ~is_space
         # an utterance with only blanks keeps its least-blank frame, so N >= 1
         empty = ~keep.any(1)
         if empty.any():
@@ -82,17 +101,38 @@ class CtcMixProjector(nn.Module):
         nonblank = post.clone()
         nonblank[..., self.blank] = 0.0
         nonblank = nonblank / nonblank.sum(-1, keepdim=True).clamp_min(1e-6)  # [B, T, V]
-        frame = (self.gain * (nonblank @ self.pieces) + self.proj(enc.float())).float()  # [B, T, H] (fp32 under autocast)
+        mix = nonblank @ self.pieces  # [B, T, H]
+        if self.merge_space:
+            mix = torch.where(self._word_start_frames(keep, start, seg, is_space)[..., None],
+                              nonblank @ self.word_start, mix)
+        frame = (self.gain * mix + self.proj(enc.float())).float()  # [B, T, H] (fp32 under autocast)
         flat = (torch.arange(b, device=enc.device)[:, None] * n + seg.clamp_min(0))[keep]  # [K]
         sums = torch.zeros(b * n, frame.shape[-1], device=enc.device).index_add(0, flat, frame[keep])
         counts = torch.zeros(b * n, device=enc.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
         emb = (sums / counts.clamp_min(1.0)[:, None]).reshape(b, n, -1)  # [B, N, H]
         return emb.to(enc.dtype), lens
 
+    @staticmethod
+    def _word_start_frames(keep: torch.Tensor, start: torch.Tensor, seg: torch.Tensor,
+                           is_space: torch.Tensor) -> torch.Tensor:
+        """[B, T] bool: frames of a segment that follows a boundary (or opens the utterance)."""
+        b, t = keep.shape
+        pos = torch.arange(t, device=keep.device)[None, :].expand(b, t)
+        last_kept = torch.cummax(torch.where(keep, pos, -1), 1).values  # [B, T]
+        prev_kept = torch.nn.functional.pad(last_kept, (1, 0), value=-1)[:, :-1]  # strictly before t
+        spaces = torch.cumsum(is_space.long(), 1)  # [B, T]
+        since = spaces - spaces.gather(1, prev_kept.clamp_min(0))  # boundaries after the last kept frame
+        opens = (prev_kept < 0) | (since > 0)  # [B, T]
+        idx = seg.clamp_min(0)
+        seg_flag = torch.zeros(b, t, dtype=torch.long, device=keep.device).scatter_reduce(
+            1, idx, (opens & start & keep).long(), reduce="amax")  # [B, T] per segment: its first frame's flag
+        return seg_flag.gather(1, idx).bool() & keep
+
 
 def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, **ctc: Any) -> nn.Module:
     if kind == "linear":
         return LinearProjector(enc_dim, llm_dim, stride_ms)
     if kind == "ctc_mix":
-        return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"])
+        return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"], ctc.get("word_start"),
+                               ctc.get("space", -1))
     raise ValueError(f"unknown projector '{kind}'")

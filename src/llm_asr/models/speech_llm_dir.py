@@ -22,7 +22,7 @@ import torch
 from llm_asr.config import Config
 from llm_asr.errors import UserError
 from llm_asr.models.lora import apply_lora, load_adapter, save_adapter
-from llm_asr.models.projector import build_projector, piece_embeddings
+from llm_asr.models.projector import build_projector, piece_embeddings, space_index
 from llm_asr.models.speech_llm import SpeechLlm
 from llm_asr.training.checkpoint import atomic_save
 
@@ -42,9 +42,16 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
     loaded strictly from `adapter_dir`) or a frozen LLM."""
     scfg = cfg.speech_llm
     hidden = llm.get_input_embeddings().weight.shape[1]  # projection size from the LLM's config
-    pieces = piece_embeddings(ctc_pieces, blank, llm, tok) if scfg.projector == "ctc_mix" else None
-    projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms,
-                                pieces=pieces, blank=blank)
+    ctc: dict[str, Any] = {"blank": blank}
+    if scfg.projector == "ctc_mix":
+        ctc["pieces"] = piece_embeddings(ctc_pieces, blank, llm, tok)
+        if scfg.ctc_mix_merge_space:  # a placeholder piece list (load_model_dir) is restored from trained.pt
+            ctc["word_start"] = piece_embeddings(ctc_pieces, blank, llm, tok, prefix=" ")
+            ctc["space"] = space_index(ctc_pieces)
+            if ctc["space"] < 0 and set(ctc_pieces) != {"<blank>"}:
+                raise UserError("speech_llm.ctc_mix_merge_space needs a CTC vocabulary with a '\u2581' piece "
+                                "(ctc.tokenizer.model_type: char)")
+    projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms, **ctc)
     if scfg.llm.gradient_checkpointing:
         llm.gradient_checkpointing_enable()
         llm.config.use_cache = False
