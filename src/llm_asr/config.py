@@ -143,6 +143,7 @@ class LoraConfig(_Section):
 class SpeechLlmConfig(_Section):
     stride_ms: int = Field(160, ge=40, multiple_of=40)
     projector: Literal["linear", "ctc_mix"] = "linear"
+    ctc_mix_merge_space: bool = False  # ctc_mix over characters: word-initial " x" embeddings, no boundary slots
     freeze_encoder: bool = False
     aux_ctc_weight: float = Field(0.0, ge=0)
     prompt: str = ""  # optional text instruction placed after the audio
