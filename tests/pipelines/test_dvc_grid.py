@@ -31,22 +31,22 @@ def sh(*cmd: str, cwd: Path, env: dict, timeout: int = 600) -> str:
 
 
 def _experiments(show: list) -> list[dict]:
-    """Every experiment in `dvc exp show --json` output: {name, params, metrics}."""
+    """Every experiment (not the workspace or baseline) in `dvc exp show --json`: {name, params, metrics}."""
     found = []
 
-    def walk(node):
+    def walk(node, inside_experiments: bool):
         if isinstance(node, dict):
             data = node.get("data")
             metrics = (data or {}).get("metrics", {}).get("reports/metrics.json", {}).get("data")
-            if metrics and node.get("name") and node.get("rev") != "workspace":
+            if inside_experiments and metrics and node.get("name"):
                 found.append({"name": node["name"], "params": data["params"]["params.yaml"]["data"], "metrics": metrics})
-            for v in node.values():
-                walk(v)
+            for key, value in node.items():
+                walk(value, inside_experiments or key == "experiments")
         elif isinstance(node, list):
-            for v in node:
-                walk(v)
+            for value in node:
+                walk(value, inside_experiments)
 
-    walk(show)
+    walk(show, False)
     return found
 
 
