@@ -5,7 +5,9 @@ Stages use `stage_run(cfg, paths, "train_ctc")` as a context manager; inside it,
 `tracking.tracking_uri`, `$MLFLOW_TRACKING_URI`, or the embedded sqlite store
 `sqlite:///<workdir>/mlflow.db` with artifacts under `<workdir>/mlartifacts/`.
 A pipeline run groups its stages by `$LLM_ASR_PARENT_RUN_ID` (set by the orchestrator)
-or, failing that, by `$LLM_ASR_PIPELINE_RUN` (a name shared by all stages of one run).
+or, failing that, by `$LLM_ASR_PIPELINE_RUN` (a name shared by all stages of one run;
+`make run` sets it). `download_model_dir` turns a `models:/` or `runs:/` URI of a
+registered pyfunc (see `llm_asr.serving`) into the local model directory it carries.
 """
 
 from __future__ import annotations

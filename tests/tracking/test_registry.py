@@ -82,13 +82,16 @@ def _set_wer(paths: Paths, wer: float) -> None:
     out.write_text(json.dumps({**data, "average_wer": wer}))
 
 
-def test_champion_moves_only_for_a_lower_test_wer(micro_registry, tmp_path):
+def test_champion_moves_only_for_a_lower_test_wer(micro_registry, empty_mlflow_db, tmp_path):
+    import shutil
+
     import mlflow
 
     base_cfg, base, _ = micro_registry
     paths = Paths.at(workdir_sharing_models(base.workdir, tmp_path / "work"))
     (paths.reports / "speech_llm").mkdir(parents=True)
     (paths.reports / "speech_llm" / "metrics.json").write_text((base.reports / "speech_llm" / "metrics.json").read_text())
+    shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [f"tracking.tracking_uri={store}", "tracking.registered_model=llm-asr-gate"]
     cfg = load_config("micro", sets)
