@@ -194,7 +194,8 @@ def run(
         mlflow.log_metrics({"best_average_wer": float(best["average_wer"]), "systems": float(len(table))})
     return {
         "systems": len(table),
-        "best": {k: _fmt(best[k]) for k in ("stride_ms", "lora_rank", "average_wer")},
+        "best": {"stride_ms": int(best["stride_ms"]), "lora_rank": int(best["lora_rank"]),
+                 "average_wer": float(best["average_wer"])},
         "out_dir": str(out),
         "files": [str(f) for f in files],
         "run_id": active.info.run_id,
