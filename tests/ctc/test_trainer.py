@@ -66,6 +66,20 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     assert summary["best_step"] > 0 and (tmp_path / "a" / "curves.png").exists()
 
 
+def test_sigterm_checkpoints_the_current_step_then_resume_matches(tmp_path):
+    """SIGTERM mid-step 9: the step finishes, checkpoint.pt holds step 10, exit status 143."""
+    full = ToyTask()
+    train(full, toy_cuts(40, "t"), toy_cuts(8, "v"), TCFG, tmp_path / "a", seed=3)
+    with pytest.raises(SystemExit) as exc:
+        train(ToyTask(sigterm_at_step=9), toy_cuts(40, "t"), toy_cuts(8, "v"), TCFG, tmp_path / "b", seed=3)
+    assert exc.value.code == 143
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["state"]["step"] == 10
+    train(ToyTask(), toy_cuts(40, "t"), toy_cuts(8, "v"), TCFG, tmp_path / "b", seed=3, resume=True)
+    a, b = _last_weights(tmp_path / "a"), _last_weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_without_resume_different_seed_differs(tmp_path):
     """Guards the test above against passing trivially (e.g. weights not training)."""
     train(ToyTask(), toy_cuts(40, "t"), toy_cuts(8, "v"), TCFG, tmp_path / "a", seed=3)

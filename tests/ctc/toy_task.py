@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import zlib
 
 import torch
@@ -19,10 +21,10 @@ def toy_cuts(n: int, prefix: str) -> CutSet:
 class ToyTask:
     """y = sum(x) regression; inputs derived from the cut id so every process sees the same data."""
 
-    def __init__(self, dropout: float = 0.1, crash_at_step: int | None = None):
+    def __init__(self, dropout: float = 0.1, crash_at_step: int | None = None, sigterm_at_step: int | None = None):
         torch.manual_seed(0)
         self.model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(dropout), torch.nn.Linear(16, 1))
-        self.crash_at_step = crash_at_step
+        self.crash_at_step, self.sigterm_at_step = crash_at_step, sigterm_at_step
 
     def collate(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
         gens = [torch.Generator().manual_seed(zlib.crc32(c.id.encode())) for c in cuts]
@@ -36,3 +38,5 @@ class ToyTask:
     def on_step(self, step: int, model) -> None:
         if self.crash_at_step is not None and step == self.crash_at_step:
             raise KeyboardInterrupt(f"simulated kill before step {step}")
+        if self.sigterm_at_step is not None and step == self.sigterm_at_step:
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. a preempted pod; arrives mid-step

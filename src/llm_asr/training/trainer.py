@@ -31,7 +31,8 @@ Behaviour: AdamW + linear warmup + cosine decay, gradient clipping, gradient
 accumulation (tcfg.grad_accum batches per step), duration-bucketed batches, bf16 autocast
 (tcfg.precision: auto measures fp32 vs bf16 on CPU), validation every tcfg.valid_every
 steps with the best weights in `out_dir/best.pt`, an atomic `out_dir/checkpoint.pt`
-every tcfg.checkpoint_every steps, at the wall-clock cap tcfg.max_minutes and at the end.
+every tcfg.checkpoint_every steps, at the time budget (tcfg.max_minutes wall /
+tcfg.max_cpu_minutes CPU-equivalent), at the end, and on SIGTERM (then exit status 143).
 `resume=True` restores model, optimizer, scheduler, sampler position and every rank's RNG
 states, so a killed and resumed run ends with the same weights as an uninterrupted one.
 Under torchrun (WORLD_SIZE > 1) each rank takes every world_size-th batch and gradients
@@ -45,6 +46,8 @@ import copy
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,24 @@ def _load_model_state(task: Any, model: torch.nn.Module, state: dict[str, Any]) 
         task.load_checkpoint_state(model, state)
     else:
         load_state_strict(model, state)
+
+
+class _SignalFlag:
+    """Records SIGTERM instead of dying mid-step; the loop then checkpoints and exits (status 143)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
 
 
 class _Loop:
@@ -251,6 +272,7 @@ class _Loop:
         window: dict[str, float] = {}
         win_steps, win_audio, win_t0 = 0, 0.0, time.perf_counter()
         stopped_by = "max_steps"
+        signals = _SignalFlag()
         while st.step < tcfg.max_steps:
             t0, c0 = time.perf_counter(), time.process_time()
             stats, audio_s, norm = self.step(stream)
@@ -266,6 +288,11 @@ class _Loop:
                 row.update(lr=self.sched.get_last_lr()[0], audio_s_per_s=rate, grad_norm=norm)
                 self._log(row, bar)
                 window, win_steps, win_audio, win_t0 = {}, 0, 0.0, time.perf_counter()
+            if D.any_rank(signals.received is not None, self.info):
+                self.save()  # SIGTERM (preemption, a kill): keep the progress, then exit
+                signals.restore()
+                bar.close()
+                raise SystemExit(128 + (signals.received or signal.SIGTERM))
             capped = D.any_rank(self.budget_fraction() >= 1.0, self.info)
             last = capped or st.step == tcfg.max_steps
             if st.step % tcfg.valid_every == 0 or last:
@@ -276,6 +303,7 @@ class _Loop:
             if capped:
                 stopped_by = "time_budget"
                 break
+        signals.restore()
         bar.close()
         return self._finish(stopped_by, resumed)
 
