@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test test-fast test-reliability compile pipeline-local lint clean
+.PHONY: setup run test test-fast test-reliability compile pipeline-local lint clean hash-lock
 
 setup: .apt-stamp $(STAMP)  ## install system packages + the venv from the lock (idempotent)
 
@@ -26,7 +26,7 @@ setup: .apt-stamp $(STAMP)  ## install system packages + the venv from the lock 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check pip==26.3 setuptools==84.2.1 wheel==0.47.0
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
@@ -44,6 +44,9 @@ compile: setup  ## KFP pipelines -> IR YAML under build/
 
 pipeline-local: setup  ## the training pipeline on micro through kfp.local (no cluster)
 	$(BIN)/python -m pipelines.local_run --profile micro
+
+hash-lock:  ## re-hash requirements.lock after editing a pin (the archives pip would install here)
+	$(BIN)/python tools/hash_lock.py requirements.lock
 
 clean:
 	rm -rf build .pytest_cache
