@@ -39,6 +39,9 @@ test: setup  ## the whole test suite (unit + micro-profile integration)
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not integration"
 
+test-reliability: setup  ## only the reliability checks (fuzzing, kill/resume, reruns, concurrency, security); `make test` runs them too
+	$(BIN)/python -m pytest -q tests/reliability
+
 compile: setup  ## KFP pipelines -> IR YAML under build/
 	$(BIN)/python -m pipelines.compile --out build
 

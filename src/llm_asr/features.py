@@ -118,7 +118,9 @@ class RunningStats:
 def save_cmvn(path: Path, mean: np.ndarray, std: np.ndarray, frames: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"mean": [float(x) for x in mean], "std": [float(x) for x in std], "frames": int(frames)}
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def load_cmvn(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

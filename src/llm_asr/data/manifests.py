@@ -40,6 +40,21 @@ def load_cuts(path: str | Path, workdir: str | Path) -> CutSet:
     )
 
 
+def atomic_to_file(manifest, path: Path) -> None:
+    """lhotse's to_file through a temp name in the same folder + os.replace: a reader never sees
+    a torn manifest (e.g. when the stage is killed while writing)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name.split('.')[0]}.tmp.{'.'.join(path.name.split('.')[1:])}")
+    try:
+        manifest.to_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def relativize_cut(d: dict, workdir: Path) -> dict:
     """A cut dict with its audio sources and feature storage made relative to `workdir`."""
     for src in d.get("recording", {}).get("sources", []):
@@ -90,15 +105,15 @@ def write_manifests(items: list[MlsItem], split: str, out_dir: Path, base: Path 
         by_lang[it.language].append(it)
     for language, its in sorted(by_lang.items()):
         recs, sups = to_lhotse(its, base)
-        recs.to_file(out_dir / f"mls-{language}_recordings_{split}.jsonl.gz")
-        sups.to_file(out_dir / f"mls-{language}_supervisions_{split}.jsonl.gz")
+        atomic_to_file(recs, out_dir / f"mls-{language}_recordings_{split}.jsonl.gz")
+        atomic_to_file(sups, out_dir / f"mls-{language}_supervisions_{split}.jsonl.gz")
     recs, sups = to_lhotse(items, base)
     # one cut per utterance, cut id = utterance id (CutSet.from_manifests would add a suffix)
     cuts = CutSet.from_cuts(
         MonoCut(id=sup.id, start=0.0, duration=rec.duration, channel=0, recording=rec, supervisions=[sup])
         for rec, sup in zip(recs, sups)
     )
-    cuts.to_file(out_dir / f"cuts_{split}.jsonl.gz")
+    atomic_to_file(cuts, out_dir / f"cuts_{split}.jsonl.gz")
     return cuts
 
 

@@ -64,7 +64,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
     from lhotse import CutSet
     from tqdm.auto import tqdm
 
-    from llm_asr.data.manifests import load_cuts, relativize_cut
+    from llm_asr.data.manifests import atomic_to_file, load_cuts, relativize_cut
 
     src = paths.manifests / f"cuts_{split}.jsonl.gz"
     if not src.is_file():
@@ -86,7 +86,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
             bar.update(len(out) + len(sk))
     if cuts and not done:
         raise UserError(f"{src}: no cut could be read ({skipped[0]['reason']}); run `llm-asr prepare-data` again")
-    CutSet.from_dicts(done).to_file(paths.features / f"cuts_{split}.jsonl.gz")
+    atomic_to_file(CutSet.from_dicts(done), paths.features / f"cuts_{split}.jsonl.gz")
     return len(done), stats, seconds, skipped
 
 
