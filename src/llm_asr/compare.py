@@ -52,7 +52,8 @@ def select_runs(experiment: str, tags: dict[str, str]) -> list[Any]:
 
 def _is_speech_llm_eval(run: Any) -> bool:
     t = run.data.tags
-    return t.get("stage") == EVAL_STAGE or (t.get("stage", "").startswith("evaluate") and t.get("system") == "speech-llm")
+    stage = t.get("stage", "")
+    return stage == EVAL_STAGE or (stage.startswith("evaluate") and t.get("system") == "speech-llm")
 
 
 def trainable_params_m(train: Any) -> float | None:
@@ -62,7 +63,8 @@ def trainable_params_m(train: Any) -> float | None:
         return m["trainable_params_m"]
     if "projector_params_m" not in m:
         return None
-    encoder = m.get("encoder_params_m", 0.0) if train.data.params.get("speech_llm.freeze_encoder") == "False" else 0.0
+    frozen_encoder = train.data.params.get("speech_llm.freeze_encoder") != "False"
+    encoder = 0.0 if frozen_encoder else m.get("encoder_params_m", 0.0)
     return round(m["projector_params_m"] + m.get("lora_params_m", 0.0) + encoder, 3)
 
 

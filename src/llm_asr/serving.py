@@ -58,10 +58,13 @@ class SpeechLlmModel(mlflow.pyfunc.PythonModel):
         cfg = Config.model_validate(mc["config"])
         model_dir = Path(context.artifacts["model_dir"])
         # the limits are top-level keys, so a deployment can override them without re-registering
-        self.limits = TrackingConfig.model_validate({**cfg.tracking.model_dump(), **{k: mc[k] for k in LIMITS if k in mc}})
+        overrides = {k: mc[k] for k in LIMITS if k in mc}
+        self.limits = TrackingConfig.model_validate({**cfg.tracking.model_dump(), **overrides})
         self.recognizer = load_recognizer(cfg, Paths(model_dir.parent), "speech-llm", model_dir)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         waves = decode_inputs(model_input, self.limits, allow_paths=not _is_served())
         return pd.DataFrame({"text": self.recognizer.transcribe(waves)})
 
@@ -93,7 +96,8 @@ def decode_inputs(frame: pd.DataFrame, limits: Any, allow_paths: bool) -> list[n
         except UserError as e:
             raise _bad(f"row {i}: {e}") from None
         if len(wave) > limits.max_audio_s * SAMPLE_RATE:
-            raise _bad(f"row {i}: {len(wave) / SAMPLE_RATE:.0f} s of audio; the limit is {limits.max_audio_s} s")
+            seconds = len(wave) / SAMPLE_RATE
+            raise _bad(f"row {i}: {seconds:.0f} s of audio; the limit is {limits.max_audio_s} s")
         waves.append(wave)
     return waves
 

@@ -27,7 +27,8 @@ from llm_asr.paths import Paths
 
 
 def tracking_uri(cfg: Config, paths: Paths) -> str:
-    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
+    embedded = f"sqlite:///{paths.mlflow_db}"
+    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded
 
 
 def _git_sha() -> str:
@@ -54,13 +55,14 @@ def data_hash(paths: Paths) -> str:
 
 
 def run_tags(cfg: Config, paths: Paths) -> dict[str, str]:
+    llm = cfg.speech_llm.llm.name_or_path
     return {
         "git_sha": _git_sha(),
         "dvc_lock_sha": _file_sha(paths.workdir / "dvc.lock"),
         "profile": cfg.profile,
         "stride_ms": str(cfg.speech_llm.stride_ms),
         "lora_rank": str(cfg.speech_llm.lora.rank),
-        "llm": cfg.speech_llm.llm.name_or_path if cfg.speech_llm.llm.source != "random" else "random-tiny-llama",
+        "llm": llm if cfg.speech_llm.llm.source != "random" else "random-tiny-llama",
         "projector": cfg.speech_llm.projector,
         "data_hash": data_hash(paths),
         "config_digest": cfg.digest(),
@@ -117,7 +119,10 @@ def _parent_run_id(cfg: Config, paths: Paths) -> tuple[str | None, bool]:
         return None, False
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     found = mlflow.search_runs(
-        [exp.experiment_id], filter_string=f"tags.pipeline_run = '{name}'", output_format="list", max_results=1
+        [exp.experiment_id],
+        filter_string=f"tags.pipeline_run = '{name}'",
+        output_format="list",
+        max_results=1,
     )
     if found:
         return found[0].info.run_id, True
@@ -129,7 +134,9 @@ def _parent_run_id(cfg: Config, paths: Paths) -> tuple[str | None, bool]:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: Config, paths: Paths, stage: str, extra_tags: dict[str, str] | None = None) -> Iterator[Any]:
+def stage_run(
+    cfg: Config, paths: Paths, stage: str, extra_tags: dict[str, str] | None = None
+) -> Iterator[Any]:
     """An MLflow run for one stage, nested under the pipeline's parent run when there is one.
 
     A parent made here from `$LLM_ASR_PIPELINE_RUN` is marked finished (or failed) after

@@ -83,7 +83,8 @@ def test_compare_writes_the_ablation_table_and_plots(grid_runs, tmp_path):
     assert "| stride_ms | 0 | 4 | 8 |" in md  # the stride x rank grid
     grid = md[md.index("### Average WER"):].splitlines()
     grid_80 = [line for line in grid if line.startswith("| 80 |")]
-    assert grid_80 == [f"| 80 | {evaluation['average_wer'] + 8:.2f} | {evaluation['average_wer'] + 4:.2f} | - |"]
+    wer = evaluation["average_wer"]
+    assert grid_80 == [f"| 80 | {wer + 8:.2f} | {wer + 4:.2f} | - |"]
     for png in ("wer_vs_stride.png", "wer_vs_rank.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +92,8 @@ def test_compare_writes_the_ablation_table_and_plots(grid_runs, tmp_path):
     cmp_run = mlflow.get_run(answer["run_id"])
     assert cmp_run.data.tags["stage"] == "compare" and cmp_run.data.metrics["systems"] == len(GRID)
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(answer["run_id"], "compare")}
-    assert logged == {f"compare/{n}" for n in ("ablation.csv", "ablation.md", "wer_vs_stride.png", "wer_vs_rank.png")}
+    names = ("ablation.csv", "ablation.md", "wer_vs_stride.png", "wer_vs_rank.png")
+    assert logged == {f"compare/{n}" for n in names}
 
 
 def test_compare_without_matching_runs_says_so(mlflow_store, tmp_path):

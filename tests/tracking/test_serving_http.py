@@ -85,6 +85,10 @@ def test_transcribes_audio_bytes_like_the_model_does_locally(server, micro_regis
     assert texts == expected
 
 
+def _split(column: str, values: list[str]) -> str:
+    return json.dumps({"dataframe_split": {"columns": [column], "data": [[v] for v in values]}})
+
+
 def _wav(seconds: float) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, np.zeros(int(seconds * 16000), dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
@@ -94,10 +98,10 @@ def _wav(seconds: float) -> bytes:
 @pytest.mark.parametrize(
     "body, says",
     [
-        ('{"dataframe_split": {"columns": ["path"], "data": [["/etc/passwd"]]}}', "file paths are not accepted"),
-        ('{"dataframe_split": {"columns": ["audio"], "data": [["bm90IGF1ZGlv"]]}}', "row 0: corrupt or not audio"),
-        ('{"dataframe_split": {"columns": ["audio"], "data": [["%%%"]]}}', "base64"),
-        ('{"dataframe_split": {"columns": ["audio"], "data": []}}', "empty request"),
+        (_split("path", ["/etc/passwd"]), "file paths are not accepted"),
+        (_split("audio", ["bm90IGF1ZGlv"]), "row 0: corrupt or not audio"),  # "not audio"
+        (_split("audio", ["%%%"]), "base64"),
+        (_split("audio", []), "empty request"),
         ('{"dataframe_split": {"columns": ["audio"], ', "valid JSON"),
         ('{"audio": "x"}', "dataframe_split"),
         (serving.request_body([_wav(40.0)]), f"the limit is {MAX_PAYLOAD_MB} MB"),  # 1.2 MB of audio

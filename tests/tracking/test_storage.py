@@ -35,7 +35,8 @@ def test_mlflow_artifacts_round_trip_through_s3(mlflow_store, s3_bucket, s3_serv
         mlflow.log_artifact(str(report), "reports")
     keys = _keys(s3_server["endpoint"], s3_bucket, "mlflow/")
     assert any(k.endswith("reports/report.json") for k in keys), keys
-    back = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/reports/report.json", dst_path=str(tmp_path / "dl"))
+    uri = f"runs:/{run.info.run_id}/reports/report.json"
+    back = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl"))
     assert Path(back).read_text() == report.read_text()
 
 
@@ -45,7 +46,8 @@ def proxied_server(tmp_path, s3_bucket):
     port = free_port()
     env = venv_env()  # carries AWS_* and MLFLOW_S3_ENDPOINT_URL from s3_bucket
     cmd = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
         "--artifacts-destination", f"s3://{s3_bucket}/proxied",
     ]
@@ -62,7 +64,9 @@ def proxied_server(tmp_path, s3_bucket):
         log.close()
 
 
-def test_stage_run_against_a_tracking_server_with_s3_artifacts(proxied_server, s3_bucket, s3_server, tmp_path, monkeypatch):
+def test_stage_run_against_a_tracking_server_with_s3_artifacts(
+    proxied_server, s3_bucket, s3_server, tmp_path, monkeypatch
+):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", proxied_server)

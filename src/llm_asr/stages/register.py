@@ -1,4 +1,6 @@
-"""Register the evaluated speech-LLM in MLflow, gated on test WER: `llm-asr register --model models/speech_llm`.
+"""Register the evaluated speech-LLM in MLflow, gated on test WER.
+
+Run: `llm-asr register --model models/speech_llm`.
 
 The model is logged as a pyfunc (see `llm_asr.serving`) and registered under
 `tracking.registered_model`. The alias `tracking.champion_alias` moves to the new
@@ -72,7 +74,13 @@ def decide(wer: float, champion: Any | None, cfg: Config, data_hash: str) -> tup
         note = " (note: the two were evaluated on different data)"
     if wer < best:
         return champ, f"test WER {wer:.2f}% beats {champ} v{champion.version}'s {best:.2f}%{note}"
-    return chall, f"test WER {wer:.2f}% does not beat {champ} v{champion.version}'s {best:.2f}%; stays {chall}{note}"
+    return chall, (
+        f"test WER {wer:.2f}% does not beat {champ} v{champion.version}'s {best:.2f}%; stays {chall}{note}"
+    )
+
+
+def _tag_float(version: Any | None, key: str) -> float | None:
+    return float(version.tags[key]) if version is not None and key in version.tags else None
 
 
 def _current_champion(client: Any, name: str, alias: str) -> Any | None:
@@ -91,14 +99,17 @@ def _verify(model_uri: str, example: Any) -> None:
     try:
         out = mlflow.pyfunc.load_model(model_uri).predict(example)
     except Exception as e:  # noqa: BLE001 - any failure here means the package is broken
-        raise UserError(f"the logged model does not load or predict ({type(e).__name__}: {e}); not registered")
+        raise UserError(
+            f"the logged model does not load or predict ({type(e).__name__}: {e}); not registered"
+        ) from e
     if list(out.columns) != ["text"] or len(out) != len(example):
         raise UserError(f"the logged model answered {out!r} for the input example; not registered")
 
 
 def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str, Any]:
     """Log + register the model; returns (and writes to reports/registration.json)
-    {"model", "version", "alias", "test_wer", "champion_version", "champion_wer", "reason", "run_id", "model_uri"}."""
+    {"model", "version", "alias", "test_wer", "champion_version", "champion_wer", "reason",
+    "run_id", "model_uri"}."""
     import mlflow
 
     from llm_asr import serving
@@ -121,7 +132,7 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
             "alias": alias,
             "test_wer": wer,
             "champion_version": int(champion.version) if champion else None,
-            "champion_wer": float(champion.tags["test_wer"]) if champion and "test_wer" in champion.tags else None,
+            "champion_wer": _tag_float(champion, "test_wer"),
             "reason": reason,
             "run_id": active.info.run_id,
             "model_uri": f"models:/{name}/{version.version}",
