@@ -41,17 +41,30 @@ def load_cuts(path: str | Path, workdir: str | Path) -> CutSet:
 
 
 def atomic_to_file(manifest, path: Path) -> None:
-    """lhotse's to_file through a temp name in the same folder + os.replace: a reader never sees
-    a torn manifest (e.g. when the stage is killed while writing)."""
+    """lhotse's to_file through temp names in the same folder + os.replace, so a reader never sees a
+    torn manifest (a stage killed while writing). `.gz` files are compressed without a timestamp,
+    so equal manifests are equal bytes (DVC hashes, identical reruns)."""
+    import gzip
     import os
+    import shutil
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name.split('.')[0]}.tmp.{'.'.join(path.name.split('.')[1:])}")
+    gz = path.name.endswith(".gz")
+    base = path.name[: -len(".gz")] if gz else path.name
+    stem, _, ext = base.partition(".")
+    plain = path.with_name(f".{stem}.tmp.{ext}")  # lhotse picks the format from the extension
+    packed = path.with_name(f".{stem}.tmp.{ext}.gz")
     try:
-        manifest.to_file(tmp)
-        os.replace(tmp, path)
+        manifest.to_file(plain)
+        if gz:
+            with open(plain, "rb") as src, open(packed, "wb") as raw:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as dst:
+                    shutil.copyfileobj(src, dst)
+            plain.unlink()
+        os.replace(packed if gz else plain, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        plain.unlink(missing_ok=True)
+        packed.unlink(missing_ok=True)
         raise
 
 
