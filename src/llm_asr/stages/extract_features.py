@@ -44,12 +44,22 @@ def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], Runn
     from lhotse import MonoCut, NumpyFilesWriter
     from lhotse.audio.utils import AudioLoadingError
 
+    class KeyedWriter(NumpyFilesWriter):
+        """Stores each array under its cut id (lhotse would pick a random uuid), so a rerun writes
+        the same files: byte-identical features, stable DVC hashes."""
+
+        key = ""
+
+        def write(self, key: str, value):
+            return super().write(self.key or key, value)
+
     torch.set_num_threads(1)
     cut_dicts, storage_dir, fcfg = args
     extractor = _CountingFbank(FeaturesConfig(**fcfg))
     out, seconds, skipped = [], 0.0, []
-    with NumpyFilesWriter(storage_dir) as storage:
+    with KeyedWriter(storage_dir) as storage:
         for d in cut_dicts:
+            storage.key = d["id"]
             try:
                 cut = MonoCut.from_dict(d).compute_and_store_features(extractor, storage)
             except (AudioLoadingError, OSError, RuntimeError, ValueError, UserError) as e:
