@@ -147,6 +147,8 @@ class SpeechLlmConfig(_Section):
     freeze_encoder: bool = False
     aux_ctc_weight: float = Field(0.0, ge=0)
     prompt: str = ""  # optional text instruction placed after the audio
+    head: str = ""  # optional text before the audio (e.g. a chat template's user turn opening)
+    answer_prefix: str = ""  # optional text after BOS, before the transcript (not a target)
     llm: LlmConfig = LlmConfig()
     lora: LoraConfig = LoraConfig()
     warmup_projector_steps: int = Field(0, ge=0)  # LLM frozen for the first N steps

@@ -1,7 +1,8 @@
 """The speech-LLM: CTC-pretrained encoder -> projector -> causal LM (frozen or LoRA).
 
 Sequence layout, left-padded so training and batched decoding share one code path:
-    [pad ...][audio embeddings][prompt][BOS] transcript [EOS]
+    [pad ...][head][audio embeddings][prompt][BOS][answer] transcript [EOS]
+(head, prompt and answer are optional token strings, e.g. a chat template around the audio.)
 Labels are -100 everywhere except the transcript tokens and EOS (so the model learns to
 stop). Position ids count real tokens only, which makes a left-padded row compute exactly
 what the same row computes alone.
@@ -38,6 +39,8 @@ class SpeechLlm(nn.Module):
         eos_id: int,
         pad_id: int,
         prompt_ids: list[int] | None = None,
+        head_ids: list[int] | None = None,
+        answer_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -46,6 +49,8 @@ class SpeechLlm(nn.Module):
         self.llm = llm
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.prompt_ids = list(prompt_ids or [])
+        self.head_ids = list(head_ids or [])  # before the audio
+        self.answer_ids = list(answer_ids or [])  # after BOS, before the transcript (not a target)
 
     # ---- pieces -------------------------------------------------------------------------
     @property
@@ -71,13 +76,14 @@ class SpeechLlm(nn.Module):
     def build_inputs(
         self, emb: torch.Tensor, emb_lens: torch.Tensor, targets: list[list[int]] | None = None
     ) -> LlmInputs:
-        """Left-padded `[audio][prompt][BOS] (targets [EOS])`; labels only when targets are given."""
+        """Left-padded `[head][audio][prompt][BOS][answer] (targets [EOS])`; labels only when targets are given."""
         b, _, h = emb.shape
         dev = emb.device
-        prefix = torch.tensor(self.prompt_ids + [self.bos_id], device=dev)
+        head = self.embed_tokens(torch.tensor(self.head_ids, dtype=torch.long, device=dev)).to(emb.dtype)  # [P, H]
+        prefix = torch.tensor(self.prompt_ids + [self.bos_id] + self.answer_ids, device=dev)
         tails = [prefix if targets is None else torch.cat([prefix, torch.tensor(t + [self.eos_id], device=dev)])
                  for t in (targets or [None] * b)]
-        lens = [int(emb_lens[i]) + len(tails[i]) for i in range(b)]
+        lens = [len(self.head_ids) + int(emb_lens[i]) + len(tails[i]) for i in range(b)]
         width = max(lens)
         embeds = emb.new_zeros(b, width, h)
         mask = torch.zeros(b, width, dtype=torch.long, device=dev)
@@ -85,9 +91,11 @@ class SpeechLlm(nn.Module):
         for i in range(b):
             a, tail = int(emb_lens[i]), tails[i]
             start = width - lens[i]
+            embeds[i, start : start + len(head)] = head
+            mask[i, start:] = 1
+            start += len(head)
             embeds[i, start : start + a] = emb[i, :a]
             embeds[i, start + a : width] = self.embed_tokens(tail).to(emb.dtype)
-            mask[i, start:] = 1
             if labels is not None:
                 n_target = len(targets[i]) + 1  # transcript + EOS
                 # position p predicts token p+1: the label sits on the token being predicted

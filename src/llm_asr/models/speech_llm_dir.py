@@ -56,10 +56,14 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
         llm.gradient_checkpointing_enable()
         llm.config.use_cache = False
     llm = load_adapter(llm, adapter_dir, scfg.lora) if adapter_dir else apply_lora(llm, scfg.lora)
-    prompt = tok(scfg.prompt, add_special_tokens=False).input_ids if scfg.prompt else []
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids if text else []
+
     model = SpeechLlm(
         ctc_model.encoder, ctc_model.ctc_head if uses_ctc_head(cfg) else None, projector, llm,
-        bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, prompt_ids=prompt,
+        bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+        prompt_ids=ids(scfg.prompt), head_ids=ids(scfg.head), answer_ids=ids(scfg.answer_prefix),
     )
     if scfg.freeze_encoder:
         for p in model.encoder.parameters():
@@ -97,7 +101,8 @@ def save_model_dir(model: SpeechLlm, cfg: Config, llm_ref: dict[str, str], ctc_d
         "system": SYSTEM,
         "config": cfg.to_dict(),
         "llm_reference": llm_ref,
-        "tokens": {"bos": model.bos_id, "eos": model.eos_id, "pad": model.pad_id, "prompt": model.prompt_ids},
+        "tokens": {"bos": model.bos_id, "eos": model.eos_id, "pad": model.pad_id, "prompt": model.prompt_ids,
+                   "head": model.head_ids, "answer": model.answer_ids},
         "ctc_classes": None if model.ctc_head is None else model.ctc_head.out_features,
     }
     (out_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -127,4 +132,6 @@ def load_model_dir(model_dir: Path) -> tuple[SpeechLlm, Any, Config]:
     model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER)
     load_trained_state(model, state, lora=False)
     model.prompt_ids = list(meta["tokens"]["prompt"])
+    model.head_ids = list(meta["tokens"].get("head", []))
+    model.answer_ids = list(meta["tokens"].get("answer", []))
     return model.eval(), tok, cfg
