@@ -51,6 +51,7 @@ def _numbers(metrics: dict) -> dict:
     return {system: {k: v for k, v in m.items() if k not in ("data_dir", "model")} for system, m in metrics.items()}
 
 
+@pytest.mark.timeout(1800)  # two micro DAG runs + DVC: ~4 min on 2 idle cores, far more on a busy box
 def test_micro_dag_is_reproducible_and_pulls_clean(tmp_path):
     a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
     _sh(tmp_path, "git", "clone", "-q", str(REPO_ROOT), str(a))

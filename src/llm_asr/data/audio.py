@@ -65,7 +65,8 @@ def _decode(source, name: str) -> tuple[np.ndarray, int]:
 
 def _long_enough(wave: np.ndarray, sr: int, name: str) -> np.ndarray:
     if wave.shape[0] < MIN_SECONDS * sr:
-        raise BadAudio(f"too short: {name} ({wave.shape[0] / sr * 1000:.1f} ms, need >= {MIN_SECONDS * 1000:g} ms)")
+        ms = wave.shape[0] / sr * 1000
+        raise BadAudio(f"too short: {name} ({ms:.1f} ms, need >= {MIN_SECONDS * 1000:g} ms)")
     return wave
 
 

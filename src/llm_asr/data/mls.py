@@ -103,7 +103,8 @@ def _check_audio(path: str, max_samples: int | None = None) -> tuple[str, int | 
             except (sf.LibsndfileError, RuntimeError, ValueError):
                 frames = 0  # unreadable: read_corpus_audio says why
             if frames > max_samples:
-                return path, f"longer than {max_samples / SAMPLE_RATE:g} s ({frames / SAMPLE_RATE:.0f} s; data.max_utterance_s)"
+                limit, seconds = max_samples / SAMPLE_RATE, frames / SAMPLE_RATE
+                return path, f"longer than {limit:g} s ({seconds:.0f} s; data.max_utterance_s)"
         return path, len(read_corpus_audio(path))
     except BadAudio as e:
         return path, str(e)

@@ -95,7 +95,8 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
             seconds += sec
             bar.update(len(out) + len(sk))
     if cuts and not done:
-        raise UserError(f"{src}: no cut could be read ({skipped[0]['reason']}); run `llm-asr prepare-data` again")
+        reason = skipped[0]["reason"]
+        raise UserError(f"{src}: no cut could be read ({reason}); run `llm-asr prepare-data` again")
     atomic_to_file(CutSet.from_dicts(done), paths.features / f"cuts_{split}.jsonl.gz")
     return len(done), stats, seconds, skipped
 
