@@ -168,9 +168,8 @@ def read_mls_dir(
     Raises UserError when the directory holds no `mls_<language>` folder or when no
     utterance is usable (the message counts the skip reasons).
     """
-    from multiprocessing import get_context
-
     from llm_asr.data.synthetic import num_workers as _workers
+    from llm_asr.data.synthetic import process_pool
 
     data_dir = Path(data_dir)
     wanted = list(languages) if languages else list(LANGUAGES)
@@ -180,7 +179,7 @@ def read_mls_dir(
     max_samples = int(max_duration_s * SAMPLE_RATE) if max_duration_s else None
     items: list[MlsItem] = []
     skipped: list[dict] = []
-    with get_context("fork").Pool(_workers(num_workers)) as pool:
+    with process_pool(_workers(num_workers)) as pool:
         for lang, lang_dir in lang_dirs:
             its, sk = _read_split(lang_dir, lang, split, pool, max_samples)
             items += its

@@ -195,10 +195,17 @@ def num_workers(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
-def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
-    """Write the whole synthetic corpus under `corpus`; returns a summary for the report."""
+def process_pool(workers: int):  # -> multiprocessing.pool.Pool
+    """A worker pool safe to start from a process that already runs threads (torch's OpenMP
+    pool, MLflow, pytest plugins): `fork` copies locks held by those threads and its children
+    can hang forever on them (seen in the test suite); `forkserver` forks from a clean server."""
     from multiprocessing import get_context
 
+    return get_context("forkserver").Pool(workers)
+
+
+def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
+    """Write the whole synthetic corpus under `corpus`; returns a summary for the report."""
     from tqdm.auto import tqdm
 
     workers = num_workers(cfg.data.num_workers)
@@ -210,7 +217,7 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
         shutil.rmtree(corpus / f"mls_{language}", ignore_errors=True)
     samples: dict[str, int] = {}
     jobs = [(u, str(corpus)) for u in plan]
-    with get_context("fork").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         it = pool.imap_unordered(synthesize_one, jobs, chunksize=8)
         for uid, n in tqdm(it, total=len(jobs), desc="espeak-ng synthesis", unit="utt"):
             samples[uid] = n

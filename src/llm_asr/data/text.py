@@ -176,13 +176,13 @@ def sentences_for_all(
     languages: list[str] | tuple[str, ...], cache: Path, workers: int
 ) -> dict[str, list[str]]:
     """`sentences_for` over several languages, uncached ones in parallel processes."""
-    from multiprocessing import get_context
+    from llm_asr.data.synthetic import process_pool
 
     todo = [
         lang for lang in languages if not (cache / "sentences" / f"{lang}.v{CLEANING_VERSION}.json").exists()
     ]
     if len(todo) > 1 and workers > 1:
-        with get_context("fork").Pool(min(workers, len(todo))) as pool:
+        with process_pool(min(workers, len(todo))) as pool:
             pool.starmap(sentences_for, [(lang, cache) for lang in todo])
     return {lang: sentences_for(lang, cache) for lang in languages}
 

@@ -103,9 +103,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
 
 def run(cfg: Config, paths: Paths) -> dict:
     """Features for train/dev/test + cmvn.json; returns counts, CMVN frames and speed."""
-    from multiprocessing import get_context
-
-    from llm_asr.data.synthetic import num_workers
+    from llm_asr.data.synthetic import num_workers, process_pool
 
     with tracking.stage_run(cfg, paths, "extract_features"):
         import mlflow
@@ -116,7 +114,7 @@ def run(cfg: Config, paths: Paths) -> dict:
         t0 = time.time()
         total_seconds = 0.0
         workers = num_workers(cfg.features.num_workers)
-        with get_context("fork").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for split in SPLITS:
                 n, stats, seconds, skipped = extract_split(cfg, paths, split, pool)
                 result["cuts"][split] = n
