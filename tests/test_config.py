@@ -49,3 +49,20 @@ def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(Exception):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_every_param_dvc_tracks_is_in_params_yaml():
+    """dvc repro fails ('Parameters ... are missing') when a stage names a section params.yaml lacks."""
+    import yaml
+
+    from llm_asr.config import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        # plain entries name params.yaml keys; {file: [keys]} entries name other files
+        for key in (e for e in stage.get("params", []) if isinstance(e, str)):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"dvc stage {name}: params.yaml lacks '{key}'"
+                node = node[part]
