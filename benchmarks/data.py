@@ -22,7 +22,8 @@ import time
 from llm_asr.config import load_config
 from llm_asr.data.manifests import write_manifests
 from llm_asr.data.mls import read_mls_dir
-from llm_asr.data.synthetic import build_synthetic_corpus, num_workers, process_pool
+from llm_asr.data.parallel import num_workers, process_pool
+from llm_asr.data.synthetic import build_synthetic_corpus
 from llm_asr.data.text import sentences_for_all
 from llm_asr.paths import Paths
 from llm_asr.stages.extract_features import extract_split

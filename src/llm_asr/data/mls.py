@@ -168,8 +168,8 @@ def read_mls_dir(
     Raises UserError when the directory holds no `mls_<language>` folder or when no
     utterance is usable (the message counts the skip reasons).
     """
-    from llm_asr.data.synthetic import num_workers as _workers
-    from llm_asr.data.synthetic import process_pool
+    from llm_asr.data.parallel import num_workers as _workers
+    from llm_asr.data.parallel import process_pool
 
     data_dir = Path(data_dir)
     wanted = list(languages) if languages else list(LANGUAGES)

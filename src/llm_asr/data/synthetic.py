@@ -9,7 +9,6 @@ Everything is a pure function of the seed: the same seed gives byte-identical fi
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import soundfile as sf
 
 from llm_asr.config import LANGUAGES, Config
 from llm_asr.data.audio import SAMPLE_RATE, resample
+from llm_asr.data.parallel import num_workers, process_pool
 from llm_asr.data.text import normalize_transcript, sentences_for_all, source_package
 from llm_asr.errors import UserError
 
@@ -189,19 +189,6 @@ def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int
                 f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | LibreOffice help | {desc}\n"
             )
         (lang_dir / "metainfo.txt").write_text("".join(rows), encoding="utf-8")
-
-
-def num_workers(requested: int) -> int:
-    return requested or len(os.sched_getaffinity(0))
-
-
-def process_pool(workers: int):  # -> multiprocessing.pool.Pool
-    """A worker pool safe to start from a process that already runs threads (torch's OpenMP
-    pool, MLflow, pytest plugins): `fork` copies locks held by those threads and its children
-    can hang forever on them (seen in the test suite); `forkserver` forks from a clean server."""
-    from multiprocessing import get_context
-
-    return get_context("forkserver").Pool(workers)
 
 
 def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:

@@ -176,7 +176,7 @@ def sentences_for_all(
     languages: list[str] | tuple[str, ...], cache: Path, workers: int
 ) -> dict[str, list[str]]:
     """`sentences_for` over several languages, uncached ones in parallel processes."""
-    from llm_asr.data.synthetic import process_pool
+    from llm_asr.data.parallel import process_pool
 
     todo = [
         lang for lang in languages if not (cache / "sentences" / f"{lang}.v{CLEANING_VERSION}.json").exists()

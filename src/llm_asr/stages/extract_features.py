@@ -103,7 +103,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
 
 def run(cfg: Config, paths: Paths) -> dict:
     """Features for train/dev/test + cmvn.json; returns counts, CMVN frames and speed."""
-    from llm_asr.data.synthetic import num_workers, process_pool
+    from llm_asr.data.parallel import num_workers, process_pool
 
     with tracking.stage_run(cfg, paths, "extract_features"):
         import mlflow
