@@ -4,7 +4,8 @@ Prints (and writes as JSON with --out): decoding real-time factor batched vs per
 KV cache on vs off, training throughput (audio s/s) and achieved FLOP/s (counted with
 torch.utils.flop_counter) vs this machine's measured matmul peak, and LLM input length and
 step time vs stride (80..960 ms). The LLM is the default profile's (SmolLM2-135M); the
-encoder is the default conformer at random init (speed does not depend on training).
+encoder is the default conformer at random init (speed does not depend on training), trained
+with the LLM as in the paper (the default profile's ctc_words freezes it: see the README).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def build(stride_ms: int, projector: str = "linear"):
     from llm_asr.models.speech_llm_dir import build_speech_llm
 
     cfg = load_config(overrides=[f"speech_llm.stride_ms={stride_ms}", f"speech_llm.projector={projector}",
-                                 "speech_llm.aux_ctc_weight=0"])
+                                 "speech_llm.aux_ctc_weight=0", "speech_llm.freeze_encoder=false"])
     llm, tok, _ = load_llm(cfg.speech_llm.llm, with_hash=False)
     ctc = CtcModel(build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins), cfg.ctc.tokenizer.vocab_size + 1)
     torch.manual_seed(0)

@@ -78,6 +78,7 @@ class EncoderConfig(_Section):
     kernel_size: int = Field(15, ge=3)
     dropout: float = Field(0.1, ge=0, lt=1)
     subsampling_channels: int = Field(0, ge=0)  # conv channels of the x4 subsampling; 0 = d_model
+    ctc_upsample: int = Field(1, ge=1, le=4)  # CTC outputs per 40 ms frame (models/encoder.CtcHead)
 
 
 class AugmentConfig(_Section):
@@ -142,9 +143,9 @@ class LoraConfig(_Section):
 
 class SpeechLlmConfig(_Section):
     stride_ms: int = Field(160, ge=40, multiple_of=40)
-    projector: Literal["linear", "ctc_mix"] = "linear"
+    projector: Literal["linear", "ctc_mix", "ctc_words"] = "linear"
     ctc_mix_merge_space: bool = False  # ctc_mix over characters: word-initial " x" embeddings, no boundary slots
-    freeze_encoder: bool = False
+    freeze_encoder: bool = False  # the encoder and its CTC head
     aux_ctc_weight: float = Field(0.0, ge=0)
     prompt: str = ""  # optional text instruction placed after the audio
     head: str = ""  # optional text before the audio (e.g. a chat template's user turn opening)

@@ -40,6 +40,25 @@ def test_batched_equals_alone():
     torch.testing.assert_close(both[0, :15], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def test_upsampled_ctc_head_emits_k_outputs_per_frame_and_can_fit_dense_text():
+    """ctc_upsample=2: 2 CTC outputs per 40 ms frame, each a separate class distribution; a target
+    longer than the frames (impossible for a x1 head: infinite loss) gets a finite CTC loss."""
+    from llm_asr.models.ctc_task import ctc_loss
+
+    torch.manual_seed(0)
+    cfg = CtcConfig(encoder=SMALL.model_copy(update={"ctc_upsample": 2}))
+    model = build_ctc_model(cfg, 80, 20, train=False).eval()
+    logits, lens = model(torch.randn(2, 40, 80), torch.tensor([40, 21]))
+    assert logits.shape == (2, 20, 20) and lens.tolist() == [20, 12]
+    enc, _ = model.encoder(torch.randn(1, 40, 80), torch.tensor([40]))
+    pair = model.ctc_head(enc)[0, :2]  # the two outputs of frame 0 come from different weights
+    assert not torch.allclose(pair[0], pair[1])
+    targets = torch.arange(1, 16)[None]  # 15 tokens over 10 frames
+    x1 = ctc_loss(torch.randn(1, 10, 20), torch.tensor([10]), targets, torch.tensor([15]))
+    x2 = ctc_loss(torch.randn(1, 20, 20), torch.tensor([20]), targets, torch.tensor([15]))
+    assert x1.item() == 0.0 and math.isfinite(x2.item()) and x2.item() > 0  # zero_infinity zeroes x1
+
+
 def test_specaugment_masks_only_in_training():
     aug = SpecAugment(AugmentConfig(freq_masks=2, freq_mask_width=10, time_masks=2, time_mask_ratio=0.1))
     x = torch.ones(4, 200, 80)

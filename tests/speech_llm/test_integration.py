@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from typer.testing import CliRunner
 
 from llm_asr.cli import app
@@ -63,4 +64,24 @@ def test_frozen_variant(micro_ctc, tmp_path) -> None:
     assert not (model_dir / "adapter").exists()  # nothing of the LLM was trained
     summary = json.loads((model_dir / "train_summary.json").read_text())
     assert summary["lora_params_m"] == 0 and summary["steps"] == cfg.speech_llm.train.max_steps
+    _evaluate(work)
+
+
+def test_ctc_words_variant(micro_ctc, tmp_path) -> None:
+    """The default profile's recipe on micro: CTC greedy words as LLM tokens, frozen encoder, LoRA."""
+    cfg, paths, _ = micro_ctc
+    work = tmp_path / "words"
+    (work / "models").mkdir(parents=True)
+    os.symlink(paths.workdir / "data", work / "data")
+    os.symlink(paths.ctc_model, work / "models" / "ctc")
+    _cli("train-speech-llm", "--profile", "micro", "--workdir", str(work), "--set", "speech_llm.projector=ctc_words",
+         "--set", "speech_llm.freeze_encoder=true")
+    model_dir = work / "models" / "speech_llm"
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    assert summary["steps"] == cfg.speech_llm.train.max_steps and summary["lora_params_m"] > 0
+    trained = torch.load(model_dir / "trained.pt", weights_only=True)
+    ctc_state = torch.load(paths.ctc_model / "model.pt", weights_only=True)
+    for key in ("encoder.subsampling.conv1.weight", "ctc_head.weight"):  # frozen: exactly stage one's
+        torch.testing.assert_close(trained[key], ctc_state[key], rtol=0, atol=0)
+    assert not any(k.startswith("projector._embedding") for k in trained)  # never a copy of the LLM table
     _evaluate(work)

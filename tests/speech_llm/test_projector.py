@@ -65,3 +65,55 @@ def test_ctc_mix_merge_space_uses_word_start_embeddings_and_drops_boundaries() -
     torch.testing.assert_close(emb[0], torch.stack([word_start[2], pieces[3], word_start[4], word_start[2]]),
                                atol=1e-5, rtol=0)
     torch.testing.assert_close(emb[1, :3], torch.stack([word_start[2], pieces[2], word_start[3]]), atol=1e-5, rtol=0)
+
+
+class _WordTok:
+    """A stand-in LLM tokenizer with a fixed word table: ' ab' -> [3, 4], any other word -> [5]."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False):
+        class Out:
+            input_ids = [3, 4] if text == " ab" else [5] if text.strip() else [6]
+        return Out()
+
+
+def _ctc_words(enc_dim: int = 3, k: int = 1):
+    from llm_asr.models.projector import CtcWordsProjector
+
+    table = torch.nn.Embedding(8, 4)
+    pieces = ["<blank>", "\u2581", "a", "b", "c", "<unk>"]  # a character CTC vocabulary
+    return CtcWordsProjector(enc_dim, 4, pieces, BLANK, _WordTok(), table), table
+
+
+def test_ctc_words_splits_greedy_hypothesis_into_words_with_frame_spans() -> None:
+    proj, _ = _ctc_words()
+    # "ab" (frames 1-3; the blank between the two a's is not there, so a-a collapses) "c" "c"
+    assert proj.words([1, 2, 2, 3, 0, 1, 4, 0, 4, 0]) == [("ab", 0, 4), ("cc", 5, 9)]
+    assert proj.words([0, 2, 0, 1, 0, 5, 3]) == [("a", 1, 2), ("b", 3, 7)]  # no leading boundary, <unk> skipped
+    assert proj.words([0, 0, 1, 0]) == []
+
+
+def test_ctc_words_embeds_llm_tokens_of_each_word_plus_zero_initialised_residual() -> None:
+    proj, table = _ctc_words()
+    best = [[1, 2, 3, 0, 1, 4, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    enc = torch.randn(2, 8, 3, requires_grad=True)
+    emb, lens = proj(enc, torch.tensor([8, 5]), _logits(best, 6))
+    assert lens.tolist() == [3, 1]  # " ab" -> 2 tokens, " c" -> 1; an empty hypothesis -> one " " slot
+    torch.testing.assert_close(emb[0], table.weight[[3, 4, 5]].detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(emb[1, 0], table.weight[6].detach(), atol=1e-6, rtol=0)
+    assert emb[1, 1:].abs().sum() == 0  # padding
+    emb.sum().backward()  # the residual path is what reaches the encoder
+    assert proj.proj.weight.grad is not None and enc.grad is not None
+    assert not any(n.startswith("_embedding") for n, _ in proj.named_parameters())  # the LLM table is not ours
+
+
+def test_ctc_words_residual_is_the_mean_encoder_state_of_the_word() -> None:
+    proj, table = _ctc_words(k=2)
+    with torch.no_grad():
+        proj.proj.weight.copy_(torch.eye(4, 3))
+        proj.gain.zero_()
+    enc = torch.arange(12, dtype=torch.float).reshape(1, 4, 3)
+    # an upsampled (x2) CTC head: 8 outputs over 4 encoder frames; "ab" on outputs 0-2 -> frames 0-1
+    emb, lens = proj(enc, torch.tensor([4]), _logits([[2, 0, 3, 0, 1, 4, 4, 0]], 6))
+    assert lens.tolist() == [3]
+    torch.testing.assert_close(emb[0, 0, :3], enc[0, :2].mean(0))
+    torch.testing.assert_close(emb[0, 2, :3], enc[0, 2:4].mean(0))

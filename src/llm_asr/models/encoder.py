@@ -2,7 +2,8 @@
 
 `build_encoder(ecfg, num_mel_bins, augment)` gives `encoder(feats [B,T,F], lens [B]) ->
 (out [B,T',D], out_lens [B])` with T' = ceil(T / 4). `CtcModel` = encoder + `ctc_head`
-(a separate Linear, so stage two can reuse its log-probs). `load_ctc_model(model_dir)`
+(a separate Linear, so stage two can reuse its log-probs). `CtcHead` may emit k outputs per frame
+(`ctc.encoder.ctc_upsample`). `load_ctc_model(model_dir)`
 loads a trained model directory strictly.
 """
 
@@ -108,17 +109,39 @@ class ConformerEncoder(nn.Module):
         return x, out_lens
 
 
-class CtcModel(nn.Module):
-    """forward(feats, lens) -> (logits [B, T', V], out_lens); V includes the blank (class 0)."""
+class CtcHead(nn.Linear):
+    """Encoder frames [B, T, D] -> CTC logits [B, T*upsample, V].
 
-    def __init__(self, encoder: ConformerEncoder, num_classes: int):
+    With `upsample` k > 1 each 40 ms frame emits k CTC outputs (one Linear to k*V, reshaped):
+    CTC needs at least one output per token plus a blank between repeats, and characters
+    come faster than 40 ms frames in French or English spelling (median 1.37 frames per
+    character on the default French data), so a x1 head must drop letters there. The encoder
+    and its cost stay at 40 ms; only the output layer grows.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, upsample: int = 1):
+        super().__init__(in_dim, num_classes * upsample)
+        self.num_classes, self.upsample = num_classes, upsample
+
+    def output_lengths(self, enc_lens: torch.Tensor) -> torch.Tensor:
+        return enc_lens * self.upsample
+
+    def forward(self, enc: torch.Tensor) -> torch.Tensor:
+        b, t, _ = enc.shape
+        return super().forward(enc).reshape(b, t * self.upsample, self.num_classes)
+
+
+class CtcModel(nn.Module):
+    """forward(feats, lens) -> (logits [B, T'*k, V], out_lens); V includes the blank (class 0)."""
+
+    def __init__(self, encoder: ConformerEncoder, num_classes: int, upsample: int = 1):
         super().__init__()
         self.encoder = encoder
-        self.ctc_head = nn.Linear(encoder.output_dim, num_classes)
+        self.ctc_head = CtcHead(encoder.output_dim, num_classes, upsample)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc, out_lens = self.encoder(feats, lens)
-        return self.ctc_head(enc), out_lens
+        return self.ctc_head(enc), self.ctc_head.output_lengths(out_lens)
 
 
 def build_encoder(ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig | None = None) -> ConformerEncoder:
@@ -127,7 +150,8 @@ def build_encoder(ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig
 
 def build_ctc_model(ccfg: CtcConfig, num_mel_bins: int, num_classes: int, train: bool = True) -> CtcModel:
     """The CTC model; SpecAugment only when built for training."""
-    return CtcModel(build_encoder(ccfg.encoder, num_mel_bins, ccfg.augment if train else None), num_classes)
+    encoder = build_encoder(ccfg.encoder, num_mel_bins, ccfg.augment if train else None)
+    return CtcModel(encoder, num_classes, ccfg.encoder.ctc_upsample)
 
 
 def load_ctc_model(model_dir: str | Path) -> tuple[CtcModel, Any, dict[str, Any]]:

@@ -12,6 +12,14 @@ Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,
   With `merge_space` (for character CTC vocabularies), word-boundary segments ("\u2581") are
   dropped and the first character of each word mixes the LLM embeddings of " " + piece
   (e.g. "\u0120f"), so the LLM reads words the way its tokenizer writes them, ~1/6 shorter.
+- `ctc_words`: the CTC greedy hypothesis split into words; each word is written with the
+  LLM's own tokenizer (" word") and embedded with the LLM's own (fixed) input embeddings,
+  plus a learned projection of the word's mean encoder state (zero at init) on each of its
+  tokens. N is the hypothesis length in LLM tokens (~2-4x shorter than characters), and
+  the LLM reads text in the form it was pretrained on from step 0: it learns to correct the
+  CTC's spelling and word boundaries, with the acoustic residual for what text cannot carry.
+  The argmax is not differentiable, so the CTC decides the words; only the residual path
+  reaches the encoder.
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class CtcMixProjector(nn.Module):
         self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert ctc_logits is not None, "ctc_mix needs the CTC head's logits"
+        k = ctc_logits.shape[1] // max(enc.shape[1], 1)
+        if k > 1:  # an upsampled CTC head: k outputs per encoder frame share its state
+            enc, enc_lens = enc.repeat_interleave(k, 1), enc_lens * k
         b, t, _ = enc.shape
         post = ctc_logits.float().softmax(-1)  # [B, T, V]
         best = post.argmax(-1)  # [B, T]
@@ -129,10 +140,95 @@ class CtcMixProjector(nn.Module):
         return seg_flag.gather(1, idx).bool() & keep
 
 
+class CtcWordsProjector(nn.Module):
+    def __init__(self, enc_dim: int, llm_dim: int, pieces: list[str], blank: int, llm_tokenizer: Any,
+                 embedding: nn.Module) -> None:
+        super().__init__()
+        self.blank, self.pieces, self.tok = blank, list(pieces), llm_tokenizer
+        # a tuple, not a submodule: the LLM's table is neither trained here nor saved in trained.pt
+        self._embedding = (embedding,)
+        self.proj = nn.Linear(enc_dim, llm_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.gain = nn.Parameter(torch.ones(()))
+        self._ids: dict[str, list[int]] = {}
+        self._fallback = self.word_ids("")  # an empty hypothesis still gives one slot: " "
+
+    def word_ids(self, word: str) -> list[int]:
+        if word not in self._ids:
+            self._ids[word] = self.tok(" " + word, add_special_tokens=False).input_ids
+        return self._ids[word]
+
+    def words(self, best: list[int]) -> list[tuple[str, int, int]]:
+        """(word, first CTC frame, end CTC frame) from the per-frame argmax of one utterance."""
+        out: list[tuple[str, int, int]] = []
+        word, start, end, prev = "", -1, -1, self.blank
+        for t, c in enumerate(best):
+            if c != self.blank and c != prev:
+                piece = self.pieces[c]
+                if piece.startswith("<") and piece.endswith(">"):  # <unk>
+                    prev = c
+                    continue
+                if piece.startswith("\u2581") or start < 0:
+                    if word:
+                        out.append((word, start, end))
+                    word, start = "", t
+                word += piece.lstrip("\u2581")
+            if c != self.blank and start >= 0:
+                end = t + 1
+            prev = c
+        if word:
+            out.append((word, start, end))
+        return out
+
+    def forward(
+        self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert ctc_logits is not None, "ctc_words needs the CTC head's logits"
+        b, t, _ = enc.shape
+        k = ctc_logits.shape[1] // max(t, 1)  # CTC outputs per encoder frame
+        best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
+        rows: list[tuple[list[int], list[int], list[int]]] = []
+        for i in range(b):
+            n_valid = int(enc_lens[i])
+            ids, starts, ends = [], [], []
+            for word, s, e in self.words(best[i, : n_valid * k].tolist()):
+                w = self.word_ids(word)
+                ids += w
+                starts += [s // k] * len(w)
+                ends += [(e - 1) // k + 1] * len(w)
+            if not ids:
+                ids, starts, ends = list(self._fallback), [0] * len(self._fallback), [n_valid] * len(self._fallback)
+            rows.append((ids, starts, ends))
+        n = max(len(r[0]) for r in rows)
+        dev = enc.device
+        tok = torch.zeros(b, n, dtype=torch.long)
+        span = torch.zeros(2, b, n, dtype=torch.long)
+        span[1] = 1
+        for i, (ids, starts, ends) in enumerate(rows):
+            tok[i, : len(ids)] = torch.tensor(ids)
+            span[0, i, : len(ids)], span[1, i, : len(ids)] = torch.tensor(starts), torch.tensor(ends)
+        lens = torch.tensor([len(r[0]) for r in rows], device=dev)
+        tok, span = tok.to(dev), span.to(dev)
+        csum = nn.functional.pad(enc.float().cumsum(1), (0, 0, 1, 0))  # [B, T+1, D]
+        d = enc.shape[-1]
+        hi = csum.gather(1, span[1][..., None].expand(b, n, d))
+        lo = csum.gather(1, span[0][..., None].expand(b, n, d))
+        mean = (hi - lo) / (span[1] - span[0]).clamp_min(1)[..., None].float()  # [B, N, D] per word
+        with torch.no_grad():
+            text = self._embedding[0](tok).float()  # [B, N, H] the LLM's own embeddings
+        emb = (self.gain * text + self.proj(mean).float())
+        emb = emb * (torch.arange(n, device=dev)[None, :] < lens[:, None])[..., None]
+        return emb.to(enc.dtype), lens
+
+
 def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, **ctc: Any) -> nn.Module:
     if kind == "linear":
         return LinearProjector(enc_dim, llm_dim, stride_ms)
     if kind == "ctc_mix":
         return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"], ctc.get("word_start"),
                                ctc.get("space", -1))
+    if kind == "ctc_words":
+        return CtcWordsProjector(enc_dim, llm_dim, ctc["piece_texts"], ctc["blank"], ctc["llm_tokenizer"],
+                                 ctc["embedding"])
     raise ValueError(f"unknown projector '{kind}'")

@@ -69,9 +69,11 @@ class SpeechLlm(nn.Module):
             self.encoder.eval()
             with torch.no_grad():
                 enc, enc_lens = self.encoder(feats, feat_lens)
-        ctc_logits = self.ctc_head(enc) if self.ctc_head is not None else None  # [B, T', V]
+        ctc_logits = self.ctc_head(enc) if self.ctc_head is not None else None  # [B, T'*k, V]
+        ctc_lens = self.ctc_head.output_lengths(enc_lens) if self.ctc_head is not None else enc_lens
         emb, emb_lens = self.projector(enc, enc_lens, ctc_logits)  # [B, N, H]
-        return {"emb": emb, "emb_lens": emb_lens, "enc_lens": enc_lens, "ctc_logits": ctc_logits}
+        return {"emb": emb, "emb_lens": emb_lens, "enc_lens": enc_lens, "ctc_logits": ctc_logits,
+                "ctc_lens": ctc_lens}
 
     def build_inputs(
         self, emb: torch.Tensor, emb_lens: torch.Tensor, targets: list[list[int]] | None = None

@@ -33,7 +33,7 @@ _TRAINED_PREFIXES = ("encoder.", "ctc_head.", "projector.")
 
 
 def uses_ctc_head(cfg: Config) -> bool:
-    return cfg.speech_llm.projector == "ctc_mix" or cfg.speech_llm.aux_ctc_weight > 0
+    return cfg.speech_llm.projector in ("ctc_mix", "ctc_words") or cfg.speech_llm.aux_ctc_weight > 0
 
 
 def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[str], blank: int,
@@ -51,6 +51,8 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
             if ctc["space"] < 0 and set(ctc_pieces) != {"<blank>"}:
                 raise UserError("speech_llm.ctc_mix_merge_space needs a CTC vocabulary with a '\u2581' piece "
                                 "(ctc.tokenizer.model_type: char)")
+    if scfg.projector == "ctc_words":
+        ctc.update(piece_texts=ctc_pieces, llm_tokenizer=tok, embedding=llm.get_input_embeddings())
     projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms, **ctc)
     if scfg.llm.gradient_checkpointing:
         llm.gradient_checkpointing_enable()
@@ -66,7 +68,8 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
         prompt_ids=ids(scfg.prompt), head_ids=ids(scfg.head), answer_ids=ids(scfg.answer_prefix),
     )
     if scfg.freeze_encoder:
-        for p in model.encoder.parameters():
+        frozen = list(model.encoder.parameters()) + (list(model.ctc_head.parameters()) if model.ctc_head else [])
+        for p in frozen:
             p.requires_grad_(False)
     return model
 
@@ -103,7 +106,7 @@ def save_model_dir(model: SpeechLlm, cfg: Config, llm_ref: dict[str, str], ctc_d
         "llm_reference": llm_ref,
         "tokens": {"bos": model.bos_id, "eos": model.eos_id, "pad": model.pad_id, "prompt": model.prompt_ids,
                    "head": model.head_ids, "answer": model.answer_ids},
-        "ctc_classes": None if model.ctc_head is None else model.ctc_head.out_features,
+        "ctc_classes": None if model.ctc_head is None else model.ctc_head.num_classes,
     }
     (out_dir / "config.json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -127,8 +130,13 @@ def load_model_dir(model_dir: Path) -> tuple[SpeechLlm, Any, Config]:
     check_reference(meta["llm_reference"], ref)
     state = torch.load(model_dir / TRAINED, map_location="cpu", weights_only=True)
     classes = meta["ctc_classes"] or 2
-    ctc = CtcModel(build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins), classes)
-    pieces = ["<blank>"] * classes  # the projector's piece table is restored from trained.pt
+    ctc = CtcModel(build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins), classes, cfg.ctc.encoder.ctc_upsample)
+    if cfg.speech_llm.projector == "ctc_words":  # it writes the CTC pieces as text
+        from llm_asr.models.tokenizer import CtcTokenizer
+
+        pieces = CtcTokenizer(model_dir / "tokenizer.model").pieces
+    else:  # ctc_mix's piece table is restored from trained.pt
+        pieces = ["<blank>"] * classes
     model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER)
     load_trained_state(model, state, lora=False)
     model.prompt_ids = list(meta["tokens"]["prompt"])

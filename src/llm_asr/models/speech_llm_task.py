@@ -45,7 +45,7 @@ class SpeechLlmTask:
         out = model(batch["feats"], batch["lens"], batch["targets"])
         loss, stats = out["loss"], {"llm_loss": float(out["loss"].detach()), "llm_len": float(out["llm_len"])}
         if self.scfg.aux_ctc_weight > 0:
-            ctc = ctc_loss(out["ctc_logits"], out["enc_lens"], batch["ctc_targets"], batch["ctc_lens"])
+            ctc = ctc_loss(out["ctc_logits"], out["ctc_lens"], batch["ctc_targets"], batch["ctc_lens"])
             loss = loss + self.scfg.aux_ctc_weight * ctc
             stats["ctc_loss"] = float(ctc.detach())
         return loss, stats
