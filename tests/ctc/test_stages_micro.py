@@ -94,3 +94,4 @@ def test_report_merges_both_systems(micro_ctc, tmp_path):
     assert set(merged) == {"ctc", "speech-llm"}
     assert json.loads((work.reports / "metrics.json").read_text()) == merged
     assert "| german |" in (work.reports / "results.md").read_text()
+    assert "Speech-LLM / CTC average WER: **1.000x**" in (work.reports / "results.md").read_text()

@@ -11,7 +11,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import PROJECT_IMAGE
-from components.workspace import SHARED_MOUNT
+from components.workspace import SHARED_MOUNT, grid_overrides
 from pipelines import platform
 from pipelines.ablation import LORA_RANKS, STRIDES_MS
 from pipelines.compile import compile_all
@@ -129,3 +129,9 @@ def test_distributed_training_launches_stage_two_as_a_trainjob_from_a_cpu_pod(co
     assert {"num_nodes", "gpus_per_node"} <= set(params)
     tasks = spec.root.dag.tasks
     assert not tasks["train-speech-llm-trainjob"].caching_options.enable_cache
+
+
+def test_a_stride_grid_point_uses_the_linear_projector_it_ablates():
+    assert grid_overrides(["seed=1"], 240, 8) == [
+        "seed=1", "speech_llm.stride_ms=240", "speech_llm.projector=linear", "speech_llm.lora.rank=8"]
+    assert grid_overrides(["seed=1"]) == ["seed=1"]  # no grid point: the profile's own projector

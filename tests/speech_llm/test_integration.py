@@ -52,12 +52,17 @@ def test_lora_variant_trains_evaluates_and_transcribes(micro_speech_llm, tmp_pat
     assert all(isinstance(line["text"], str) for line in lines)
 
 
-def test_frozen_variant(micro_ctc, tmp_path) -> None:
-    cfg, paths, _ = micro_ctc
-    work = tmp_path / "frozen"
+def _variant_workdir(paths, work: Path) -> Path:
+    """A workdir sharing the micro fixture's data and CTC model, for another stage-two variant."""
     (work / "models").mkdir(parents=True)
     os.symlink(paths.workdir / "data", work / "data")
     os.symlink(paths.ctc_model, work / "models" / "ctc")
+    return work
+
+
+def test_frozen_variant(micro_ctc, tmp_path) -> None:
+    cfg, paths, _ = micro_ctc
+    work = _variant_workdir(paths, tmp_path / "frozen")
     _cli("train-speech-llm", "--profile", "micro", "--workdir", str(work), "--set", "speech_llm.lora.rank=0",
          "--set", "speech_llm.projector=ctc_mix", "--set", "speech_llm.aux_ctc_weight=0.3")
     model_dir = work / "models" / "speech_llm"
@@ -70,10 +75,7 @@ def test_frozen_variant(micro_ctc, tmp_path) -> None:
 def test_ctc_words_variant(micro_ctc, tmp_path) -> None:
     """The default profile's recipe on micro: CTC greedy words as LLM tokens, frozen encoder, LoRA."""
     cfg, paths, _ = micro_ctc
-    work = tmp_path / "words"
-    (work / "models").mkdir(parents=True)
-    os.symlink(paths.workdir / "data", work / "data")
-    os.symlink(paths.ctc_model, work / "models" / "ctc")
+    work = _variant_workdir(paths, tmp_path / "words")
     _cli("train-speech-llm", "--profile", "micro", "--workdir", str(work), "--set", "speech_llm.projector=ctc_words",
          "--set", "speech_llm.freeze_encoder=true")
     model_dir = work / "models" / "speech_llm"
