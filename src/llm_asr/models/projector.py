@@ -63,6 +63,11 @@ def piece_embeddings(pieces: list[str], blank: int, llm: nn.Module, llm_tokenize
     return out
 
 
+def outputs_per_frame(enc: torch.Tensor, ctc_logits: torch.Tensor) -> int:
+    """k of an upsampled CTC head (models/encoder.CtcHead): CTC outputs per encoder frame."""
+    return ctc_logits.shape[1] // max(enc.shape[1], 1)
+
+
 def space_index(pieces: list[str]) -> int:
     """Index of the word-boundary piece ("\u2581") of a character vocabulary, -1 if none."""
     return pieces.index("\u2581") if "\u2581" in pieces else -1
@@ -87,7 +92,7 @@ class CtcMixProjector(nn.Module):
         self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert ctc_logits is not None, "ctc_mix needs the CTC head's logits"
-        k = ctc_logits.shape[1] // max(enc.shape[1], 1)
+        k = outputs_per_frame(enc, ctc_logits)
         if k > 1:  # an upsampled CTC head: k outputs per encoder frame share its state
             enc, enc_lens = enc.repeat_interleave(k, 1), enc_lens * k
         b, t, _ = enc.shape
@@ -190,7 +195,7 @@ class CtcWordsProjector(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert ctc_logits is not None, "ctc_words needs the CTC head's logits"
         b, t, _ = enc.shape
-        k = ctc_logits.shape[1] // max(t, 1)  # CTC outputs per encoder frame
+        k = outputs_per_frame(enc, ctc_logits)
         best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
         rows: list[tuple[list[int], list[int], list[int]]] = []
         for i in range(b):
