@@ -194,7 +194,7 @@ class CtcWordsProjector(nn.Module):
         self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert ctc_logits is not None, "ctc_words needs the CTC head's logits"
-        b, t, _ = enc.shape
+        b = enc.shape[0]
         k = outputs_per_frame(enc, ctc_logits)
         best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
         rows: list[tuple[list[int], list[int], list[int]]] = []
