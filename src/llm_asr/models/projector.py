@@ -156,15 +156,13 @@ class CtcWordsProjector(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         self.gain = nn.Parameter(torch.ones(()))
-        self._ids: dict[str, list[int]] = {}
-        self._fallback: list[int] = []
-        self._fallback = self.word_ids("")  # an empty hypothesis still gives one slot: " "
+        self._fallback = self.tok(" ", add_special_tokens=False).input_ids  # an empty hypothesis: one " " slot
+        self._ids: dict[str, list[int]] = {"": self._fallback}
 
     def word_ids(self, word: str) -> list[int]:
         if word not in self._ids:
             if len(self._ids) >= 200_000:  # a long-lived server meets endless misspellings: stay bounded
-                self._ids.clear()
-                self._ids[""] = self._fallback
+                self._ids = {"": self._fallback}
             self._ids[word] = self.tok(" " + word, add_special_tokens=False).input_ids
         return self._ids[word]
 
