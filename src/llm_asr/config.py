@@ -77,7 +77,10 @@ class EncoderConfig(_Section):
     ffn_dim: int = Field(576, ge=8)
     kernel_size: int = Field(15, ge=3)
     dropout: float = Field(0.1, ge=0, lt=1)
-    subsampling_channels: int = Field(0, ge=0)  # conv channels of the x4 subsampling; 0 = d_model
+    # conv subsampling of the 10 ms fbank frames: x4 (40 ms encoder frames) or x8 (80 ms: half the
+    # conformer cost; needs a subword CTC vocabulary, since characters come faster than 80 ms)
+    subsampling: Literal[4, 8] = 4
+    subsampling_channels: int = Field(0, ge=0)  # conv channels of the subsampling; 0 = d_model
     ctc_upsample: int = Field(1, ge=1, le=4)  # CTC outputs per 40 ms frame (models/encoder.CtcHead)
 
 
@@ -116,12 +119,28 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0)
 
 
+class CtcLmConfig(_Section):
+    """The CTC baseline's word n-gram LM (decoding/lm.py) and its lexicon beam search
+    (torchaudio's flashlight-text `ctc_decoder`). weight 0 = no LM: greedy / prefix beam search."""
+
+    order: int = Field(3, ge=1, le=6)
+    # text: the train transcripts plus each language's `lm_text.txt` in the corpus (sentences held
+    # out of dev/test, written by prepare-data for synthetic data); "train" = transcripts only
+    text: Literal["corpus", "train"] = "corpus"
+    weight: float = Field(0.0, ge=0)
+    word_score: float = 0.0  # per-word bonus (log); balances the LM's pull toward fewer words
+    beam_size: int = Field(32, ge=1)
+    beam_size_token: int = Field(8, ge=1)
+    beam_threshold: float = Field(20.0, gt=0)
+
+
 class CtcConfig(_Section):
     valid_per_language: int = Field(50, ge=1)  # dev utterances per language for periodic validation
     tokenizer: TokenizerConfig = TokenizerConfig()
     encoder: EncoderConfig = EncoderConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    lm: CtcLmConfig = CtcLmConfig()
 
 
 class LlmConfig(_Section):

@@ -43,7 +43,7 @@ def load_recognizer(cfg: Config, paths: Paths, system: str, model: str | Path | 
     if system == "ctc":
         from llm_asr.decoding.ctc import CtcRecognizer
 
-        return CtcRecognizer.from_dir(model_dir)
+        return CtcRecognizer.from_dir(model_dir, lm_cfg=cfg.ctc.lm)
     if system == "speech-llm":
         from llm_asr.decoding.speech_llm import SpeechLlmRecognizer
 

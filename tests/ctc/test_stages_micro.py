@@ -23,7 +23,7 @@ def test_model_dir_contents_and_strict_load(micro_ctc):
     cfg, paths, summary = micro_ctc
     out = paths.ctc_model
     for name in ("model.pt", "config.json", "tokenizer.model", "cmvn.json", "curves.json", "curves.png",
-                 "dev_metrics.json"):
+                 "dev_metrics.json", "lm.arpa", "lexicon.txt"):
         assert (out / name).is_file(), name
     assert summary["steps"] == cfg.ctc.train.max_steps
     model, tok, cfg_dict = load_ctc_model(out)
@@ -33,6 +33,27 @@ def test_model_dir_contents_and_strict_load(micro_ctc):
     state["ctc_head.extra"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="unexpected"):
         load_state_strict(model, state)
+
+
+def test_lm_text_and_decoding_switch(micro_ctc):
+    """The LM reads the corpus' lm_text.txt (never a dev/test sentence) when ctc.lm.text=corpus;
+    ctc.lm.weight picks LM beam search or plain CTC decoding for the same model directory."""
+    from llm_asr.config import load_config
+    from llm_asr.decoding.lm import ArpaModel
+    from llm_asr.stages.train_ctc import lm_texts
+
+    cfg, paths, summary = micro_ctc
+    assert summary["lm_sentences"] == 8 * cfg.data.synthetic.train_per_language  # micro: text=train
+    corpus_cfg = load_config("micro", ["ctc.lm.text=corpus"])
+    texts, extra = lm_texts(corpus_cfg, paths, ["a train sentence"])
+    assert extra > 1000 and len(texts) == extra + 1
+    held = {line.split("\t", 1)[1].strip() for split in ("dev", "test")
+            for line in (paths.corpus / "mls_german" / split / "transcripts.txt").read_text().splitlines()}
+    assert held and not held & set(texts)
+    lm = ArpaModel(paths.ctc_model / "lm.arpa")
+    assert lm.order == cfg.ctc.lm.order and "<unk>" in lm.vocab
+    assert CtcRecognizer.from_dir(paths.ctc_model).lm is not None
+    assert CtcRecognizer.from_dir(paths.ctc_model, lm_cfg=cfg.ctc.lm.model_copy(update={"weight": 0.0})).lm is None
 
 
 def test_recognizer_is_batch_invariant(micro_ctc):

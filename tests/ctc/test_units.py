@@ -17,27 +17,31 @@ SMALL = EncoderConfig(d_model=32, num_layers=2, num_heads=2, ffn_dim=64, kernel_
 TEXTS = ["zażółć gęślą jaźń", "le café est très bon", "über die brücke gehen", "o coração não é pão"] * 10
 
 
+@pytest.mark.parametrize("factor", [4, 8])
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 101, 397])
-def test_encoder_shapes_and_lengths(length):
+def test_encoder_shapes_and_lengths(length, factor):
     torch.manual_seed(0)
-    enc = build_encoder(SMALL, 80).eval()
+    enc = build_encoder(SMALL.model_copy(update={"subsampling": factor}), 80).eval()
+    assert enc.frame_ms == 10 * factor  # 40 or 80 ms frames from 10 ms features
     lens = torch.tensor([length, max(1, length // 3)])
     out, out_lens = enc(torch.randn(2, length, 80), lens)
-    assert out.shape == (2, math.ceil(length / 4), 32)  # 40 ms frames from 10 ms features
-    assert out_lens.tolist() == [math.ceil(n / 4) for n in lens.tolist()]
+    assert out.shape == (2, math.ceil(length / factor), 32)
+    assert out_lens.tolist() == [math.ceil(n / factor) for n in lens.tolist()]
     assert enc.output_lengths(lens).tolist() == out_lens.tolist()
 
 
-def test_batched_equals_alone():
+@pytest.mark.parametrize("factor,frames", [(4, [15, 33]), (8, [8, 17])])
+def test_batched_equals_alone(factor, frames):
     """Padding never leaks into real frames (subsampling and depthwise convs are masked)."""
     torch.manual_seed(0)
-    model = build_ctc_model(CtcConfig(encoder=SMALL), 80, 20, train=False).eval()
+    enc_cfg = SMALL.model_copy(update={"subsampling": factor})
+    model = build_ctc_model(CtcConfig(encoder=enc_cfg), 80, 20, train=False).eval()
     a, b = torch.randn(1, 57, 80), torch.randn(1, 130, 80)
     alone, _ = model(a, torch.tensor([57]))
     batch = torch.cat([torch.nn.functional.pad(a, (0, 0, 0, 73)), b])
     both, lens = model(batch, torch.tensor([57, 130]))
-    assert lens.tolist() == [15, 33]
-    torch.testing.assert_close(both[0, :15], alone[0], atol=1e-5, rtol=1e-5)
+    assert lens.tolist() == frames
+    torch.testing.assert_close(both[0, :frames[0]], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_upsampled_ctc_head_emits_k_outputs_per_frame_and_can_fit_dense_text():

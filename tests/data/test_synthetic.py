@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llm_asr.config import load_config
-from llm_asr.data.synthetic import VARIANTS, build_synthetic_corpus, make_voices, plan_language, speak
+from llm_asr.data.synthetic import (LM_TEXT, VARIANTS, build_synthetic_corpus, lm_text_lines, make_voices,
+                                    plan_language, speak)
 from llm_asr.errors import UserError
 from llm_asr.paths import Paths
 
@@ -28,6 +29,15 @@ def test_plan_splits_are_disjoint_and_ids_unique():
     eval_spk = {u.voice.speaker for u in by_split["dev"] + by_split["test"]}
     assert not train_spk & eval_spk and len(train_spk) == 3
     assert all(u.id.startswith("2") and u.transcript == u.transcript.lower() for u in plan)
+
+
+def test_lm_text_holds_every_other_sentence_and_no_spoken_one():
+    cfg = load_config("micro")
+    plan = plan_language(cfg, "german", SENTENCES)
+    lines = lm_text_lines(SENTENCES + ["Ein Satz.", "  "], plan)
+    assert not set(lines) & {u.transcript for u in plan}  # nothing any split speaks (dev/test above all)
+    assert len(lines) == len(SENTENCES) - len(plan) + 1 and lines == sorted(set(lines))
+    assert "ein satz" in lines and all(line == line.lower() and "." not in line for line in lines)
 
 
 def test_voices_are_disjoint_and_seeded():
@@ -61,7 +71,8 @@ def test_same_seed_gives_byte_identical_corpus(tmp_path):
     build_synthetic_corpus(cfg, tmp_path / "a", cache)
     build_synthetic_corpus(cfg, tmp_path / "b", cache)
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
-    assert len(a) == 2 * (1 + 3 + 14) and a == b
+    assert len(a) == 2 * (2 + 3 + 14) and a == b  # metainfo + lm_text, 3 transcripts, 14 flac
+    assert all(b"\t" not in a[p] for p in a if p.name == LM_TEXT)
     other = load_config("micro", ["data.languages=[german, polish]", "seed=7"])
     build_synthetic_corpus(other, tmp_path / "c", cache)
     assert _tree(tmp_path / "c") != a

@@ -39,6 +39,7 @@ VARIANTS = (
 ESPEAK_RATE = 22050
 BOOK_SIZE = 50
 SPLITS = ("train", "dev", "test")
+LM_TEXT = "lm_text.txt"  # per language: text-only sentences for the CTC baseline's n-gram LM
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,20 @@ def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int
         (lang_dir / "metainfo.txt").write_text("".join(rows), encoding="utf-8")
 
 
+def lm_text_lines(sentences: list[str], spoken: list[Utterance]) -> list[str]:
+    """The language's clean sentences that no split speaks, normalized like transcripts, unique and
+    sorted: LM text that shares no sentence with train, dev or test (as MLS's LM corpora exclude
+    the books of its evaluation sets)."""
+    held = {u.transcript for u in spoken}
+    return sorted({t for t in (normalize_transcript(s) for s in sentences) if t and t not in held})
+
+
+def write_lm_text(corpus: Path, language: str, sentences: list[str], spoken: list[Utterance]) -> int:
+    lines = lm_text_lines(sentences, spoken)
+    (corpus / f"mls_{language}" / LM_TEXT).write_text("".join(f"{t}\n" for t in lines), encoding="utf-8")
+    return len(lines)
+
+
 def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
     """Write the whole synthetic corpus under `corpus`; returns a summary for the report."""
     from tqdm.auto import tqdm
@@ -209,6 +224,10 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
         for uid, n in tqdm(it, total=len(jobs), desc="espeak-ng synthesis", unit="utt"):
             samples[uid] = n
     write_text_files(corpus, plan, samples)
+    lm_sentences = {
+        lang: write_lm_text(corpus, lang, sentences[lang], [u for u in plan if u.language == lang])
+        for lang in cfg.data.languages
+    }
     seconds = sum(samples.values()) / SAMPLE_RATE
     return {
         "utterances": len(plan),
@@ -216,4 +235,5 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
         "workers": workers,
         "text_packages": {lang: source_package(lang, cache) for lang in cfg.data.languages},
         "sentences_available": {lang: len(sentences[lang]) for lang in cfg.data.languages},
+        "lm_text_sentences": lm_sentences,
     }

@@ -1,7 +1,7 @@
-"""The audio encoder: conv subsampling x4 (40 ms frames) -> torchaudio Conformer, plus a CTC head.
+"""The audio encoder: conv subsampling x4 or x8 (40 or 80 ms frames) -> torchaudio Conformer, plus a CTC head.
 
 `build_encoder(ecfg, num_mel_bins, augment)` gives `encoder(feats [B,T,F], lens [B]) ->
-(out [B,T',D], out_lens [B])` with T' = ceil(T / 4). `CtcModel` = encoder + `ctc_head`
+(out [B,T',D], out_lens [B])` with T' = ceil(T / 4) (x8: ceil(T / 8)). `CtcModel` = encoder + `ctc_head`
 (a separate Linear, so stage two can reuse its log-probs). `CtcHead` may emit k outputs per frame
 (`ctc.encoder.ctc_upsample`). `load_ctc_model(model_dir)`
 loads a trained model directory strictly.
@@ -24,29 +24,44 @@ WEIGHTS = "model.pt"
 
 
 class Conv2dSubsampling(nn.Module):
-    """Two 3x3 stride-2 convs over (time, freq): [B, T, F] -> [B, ceil(T/4), D]."""
+    """3x3 stride-2 convs over (time, freq), two for x4 (40 ms frames) or three for x8 (80 ms):
+    [B, T, F] -> [B, ceil(T/factor), D]."""
 
-    def __init__(self, num_mel_bins: int, d_model: int, channels: int = 0):
+    def __init__(self, num_mel_bins: int, d_model: int, channels: int = 0, factor: int = 4):
         super().__init__()
+        if factor not in (4, 8):
+            raise ValueError(f"subsampling factor must be 4 or 8, not {factor}")
         c = channels or d_model
+        self.num_convs = 2 if factor == 4 else 3
         self.conv1 = nn.Conv2d(1, c, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(c, c, 3, stride=2, padding=1)
-        f_out = (((num_mel_bins + 1) // 2) + 1) // 2
+        self.conv3 = nn.Conv2d(c, c, 3, stride=2, padding=1) if self.num_convs == 3 else None
+        f_out = num_mel_bins
+        for _ in range(self.num_convs):
+            f_out = (f_out + 1) // 2
         self.out = nn.Linear(c * f_out, d_model)
 
+    def output_lengths(self, lens: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_convs):
+            lens = (lens + 1) // 2  # ceil(T/2) per stride-2 conv
+        return lens
+
     @staticmethod
-    def output_lengths(lens: torch.Tensor) -> torch.Tensor:
-        return ((lens + 1) // 2 + 1) // 2  # ceil(ceil(T/2)/2)
+    def _zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Zero the padded frames so a batched utterance sees what it would see alone."""
+        return x * (torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None])[:, None, :, None]
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.relu(self.conv1(x.unsqueeze(1)))  # [B, C, ceil(T/2), ceil(F/2)]
-        half = (lens + 1) // 2
-        # zero the padded frames so a batched utterance sees what it would see alone
-        x = x * (torch.arange(x.shape[2], device=x.device)[None, :] < half[:, None])[:, None, :, None]
-        x = torch.relu(self.conv2(x))  # [B, C, T', F']
+        cur = (lens + 1) // 2
+        for conv in (self.conv2, self.conv3):
+            if conv is None:
+                break
+            x = torch.relu(conv(self._zero_padding(x, cur)))
+            cur = (cur + 1) // 2
         b, c, t, f = x.shape
         x = self.out(x.permute(0, 2, 1, 3).reshape(b, t, c * f))  # [B, T', D]
-        return x, self.output_lengths(lens)
+        return x, cur
 
 
 class SpecAugment(nn.Module):
@@ -73,7 +88,7 @@ class ConformerEncoder(nn.Module):
     def __init__(self, ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig | None = None):
         super().__init__()
         self.specaugment = SpecAugment(augment) if augment is not None and augment.specaugment else None
-        self.subsampling = Conv2dSubsampling(num_mel_bins, ecfg.d_model, ecfg.subsampling_channels)
+        self.subsampling = Conv2dSubsampling(num_mel_bins, ecfg.d_model, ecfg.subsampling_channels, ecfg.subsampling)
         self.dropout = nn.Dropout(ecfg.dropout)
         self.conformer = torchaudio.models.Conformer(
             input_dim=ecfg.d_model,
@@ -84,7 +99,7 @@ class ConformerEncoder(nn.Module):
             dropout=ecfg.dropout,
         )
         self.output_dim = ecfg.d_model
-        self.frame_ms = 40
+        self.frame_ms = 10 * ecfg.subsampling  # over 10 ms fbank frames
         self._valid: torch.Tensor | None = None  # [B, 1, T'] while forward runs
         for layer in self.conformer.conformer_layers:
             layer.conv_module.sequential[2].register_forward_pre_hook(self._mask_padding)
@@ -95,7 +110,7 @@ class ConformerEncoder(nn.Module):
         return (args[0] * self._valid.to(args[0].dtype),) if self._valid is not None else args
 
     def output_lengths(self, lens: torch.Tensor) -> torch.Tensor:
-        return Conv2dSubsampling.output_lengths(lens)
+        return self.subsampling.output_lengths(lens)
 
     def forward(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.specaugment is not None:

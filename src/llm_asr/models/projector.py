@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_asr.models.stacker import FrameStacker
+from llm_asr.models.stacker import ENCODER_FRAME_MS, FrameStacker
 
 
 class LinearProjector(nn.Module):
-    def __init__(self, enc_dim: int, llm_dim: int, stride_ms: int) -> None:
+    def __init__(self, enc_dim: int, llm_dim: int, stride_ms: int, frame_ms: int = ENCODER_FRAME_MS) -> None:
         super().__init__()
-        self.stacker = FrameStacker(stride_ms)
+        self.stacker = FrameStacker(stride_ms, frame_ms)
         self.proj = nn.Linear(self.stacker.output_dim(enc_dim), llm_dim)
 
     def forward(
@@ -229,9 +229,10 @@ class CtcWordsProjector(nn.Module):
         return emb.to(enc.dtype), lens
 
 
-def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, **ctc: Any) -> nn.Module:
+def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, frame_ms: int = ENCODER_FRAME_MS,
+                    **ctc: Any) -> nn.Module:
     if kind == "linear":
-        return LinearProjector(enc_dim, llm_dim, stride_ms)
+        return LinearProjector(enc_dim, llm_dim, stride_ms, frame_ms)
     if kind == "ctc_mix":
         return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"], ctc.get("word_start"),
                                ctc.get("space", -1))

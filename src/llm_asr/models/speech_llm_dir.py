@@ -53,7 +53,8 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
                                 "(ctc.tokenizer.model_type: char)")
     if scfg.projector == "ctc_words":
         ctc.update(piece_texts=ctc_pieces, llm_tokenizer=tok, embedding=llm.get_input_embeddings())
-    projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms, **ctc)
+    projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms,
+                                ctc_model.encoder.frame_ms, **ctc)
     if scfg.llm.gradient_checkpointing:
         llm.gradient_checkpointing_enable()
         llm.config.use_cache = False

@@ -1,11 +1,11 @@
-"""Frame stacking: n consecutive 40 ms encoder frames become one (stride = 40 ms x n)."""
+"""Frame stacking: n consecutive encoder frames (40 ms, or 80 ms with x8 subsampling) become one (stride = frame x n)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-ENCODER_FRAME_MS = 40  # conv subsampling x4 over 10 ms fbank frames
+ENCODER_FRAME_MS = 40  # the default conv subsampling, x4 over 10 ms fbank frames
 
 
 class FrameStacker(nn.Module):

@@ -3,8 +3,9 @@
 Run: `llm-asr train-ctc [--profile P] [--set ctc.train.lr=...] [--workdir W] [--resume]`
 (under `torchrun --nproc-per-node 2 -m llm_asr.cli train-ctc` for data parallelism).
 Writes `models/ctc/`: model.pt (best dev-WER weights), config.json, tokenizer.model,
-cmvn.json, curves.json/png, dev_metrics.json (greedy CTC on the whole dev split) and
-checkpoints/ (for --resume); and reports/ctc_train/ (dev metrics, train/valid curves for DVC).
+cmvn.json, curves.json/png, dev_metrics.json (greedy CTC on the whole dev split), lm.arpa +
+lexicon.txt (the baseline's word n-gram LM, see decoding/lm.py) and checkpoints/ (for --resume);
+and reports/ctc_train/ (dev metrics, train/valid curves for DVC).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     if not info.is_main:
         return summary
     atomic_save(model.state_dict(), out / WEIGHTS)  # best dev-WER weights (the trainer restored them)
+    summary.update(build_lm(cfg, paths, out, tokenizer, [c.supervisions[0].text for c in train_cuts]))
     for name in ("curves.json", "curves.png"):
         if (out / "checkpoints" / name).exists():
             shutil.copyfile(out / "checkpoints" / name, out / name)
@@ -111,6 +113,35 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     summary["dev_average_wer"] = dev["average_wer"]
     _write_reports(paths.reports / "ctc_train", dev, out / "curves.json")
     return summary
+
+
+def lm_texts(cfg: Config, paths: Paths, train_texts: list[str]) -> tuple[list[str], int]:
+    """The LM's sentences: the train transcripts, plus (ctc.lm.text=corpus) every language's
+    `lm_text.txt`, text-only sentences that prepare-data held out of all three splits."""
+    from llm_asr.data.synthetic import LM_TEXT
+
+    texts, extra = list(train_texts), 0
+    if cfg.ctc.lm.text == "corpus":
+        for language in cfg.data.languages:
+            path = paths.corpus / f"mls_{language}" / LM_TEXT
+            if path.is_file():
+                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                texts += lines
+                extra += len(lines)
+    return texts, extra
+
+
+def build_lm(cfg: Config, paths: Paths, out: Path, tokenizer: Any, train_texts: list[str]) -> dict[str, float]:
+    """Estimate the word n-gram LM and spell its words for the lexicon decoder (seconds)."""
+    from llm_asr.decoding.ctc import LEXICON_FILE, LM_FILE, lexicon_spelling
+    from llm_asr.decoding.lm import train_arpa, write_lexicon
+
+    texts, extra = lm_texts(cfg, paths, train_texts)
+    stats = train_arpa(texts, cfg.ctc.lm.order, out / LM_FILE)
+    spell, _ = lexicon_spelling(tokenizer)
+    stats.update(write_lexicon((w for t in texts for w in t.split()), spell, out / LEXICON_FILE))
+    stats["lm_text_only_sentences"] = extra
+    return stats
 
 
 def _write_reports(folder: Path, dev: dict[str, Any], curves_file: Path) -> None:
