@@ -164,6 +164,9 @@ class SpeechLlmConfig(_Section):
     stride_ms: int = Field(160, ge=40, multiple_of=40)
     projector: Literal["linear", "ctc_mix", "ctc_words"] = "linear"
     ctc_mix_merge_space: bool = False  # ctc_mix over characters: word-initial " x" embeddings, no boundary slots
+    # ctc_words reads the CTC baseline's LM beam-search words (ctc.lm, its lm.arpa + lexicon.txt are
+    # copied into the model directory) instead of the greedy words; off when ctc.lm.weight is 0
+    ctc_words_lm: bool = False
     freeze_encoder: bool = False  # the encoder and its CTC head
     aux_ctc_weight: float = Field(0.0, ge=0)
     prompt: str = ""  # optional text instruction placed after the audio

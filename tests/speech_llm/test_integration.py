@@ -73,12 +73,15 @@ def test_frozen_variant(micro_ctc, tmp_path) -> None:
 
 
 def test_ctc_words_variant(micro_ctc, tmp_path) -> None:
-    """The default profile's recipe on micro: CTC greedy words as LLM tokens, frozen encoder, LoRA."""
+    """The default profile's recipe on micro: the CTC baseline's LM-decoded words as LLM tokens,
+    frozen encoder, LoRA; the model directory carries the LM it reads them with."""
     cfg, paths, _ = micro_ctc
     work = _variant_workdir(paths, tmp_path / "words")
     _cli("train-speech-llm", "--profile", "micro", "--workdir", str(work), "--set", "speech_llm.projector=ctc_words",
-         "--set", "speech_llm.freeze_encoder=true")
+         "--set", "speech_llm.freeze_encoder=true", "--set", "speech_llm.ctc_words_lm=true")
     model_dir = work / "models" / "speech_llm"
+    for name in ("lm.arpa", "lexicon.txt"):
+        assert (model_dir / name).read_bytes() == (paths.ctc_model / name).read_bytes()
     summary = json.loads((model_dir / "train_summary.json").read_text())
     assert summary["steps"] == cfg.speech_llm.train.max_steps and summary["lora_params_m"] > 0
     trained = torch.load(model_dir / "trained.pt", weights_only=True)

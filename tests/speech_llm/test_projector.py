@@ -92,6 +92,18 @@ def test_ctc_words_splits_greedy_hypothesis_into_words_with_frame_spans() -> Non
     assert proj.words([0, 0, 1, 0]) == []
 
 
+def test_ctc_words_reads_lm_beam_search_hypotheses_with_frame_spans() -> None:
+    """An LM hypothesis (torchaudio CTCHypothesis: collapsed tokens and the frame each starts at,
+    counted from flashlight's silence frame before frame 0) gives the same (word, span) triples."""
+    from types import SimpleNamespace
+
+    proj, _ = _ctc_words()
+    hyp = SimpleNamespace(tokens=torch.tensor([1, 2, 3, 1, 4, 1]), timesteps=torch.tensor([0, 2, 3, 5, 7, 9]))
+    assert proj.lm_words(hyp, 8) == [("ab", 0, 3), ("c", 4, 7)]
+    # the greedy path those frames spell gives the same words
+    assert proj.words([1, 2, 3, 0, 1, 0, 4, 0]) == [("ab", 0, 3), ("c", 4, 7)]
+
+
 def test_ctc_words_embeds_llm_tokens_of_each_word_plus_zero_initialised_residual() -> None:
     proj, table = _ctc_words()
     best = [[1, 2, 3, 0, 1, 4, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]

@@ -12,7 +12,8 @@ Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,
   With `merge_space` (for character CTC vocabularies), word-boundary segments ("\u2581") are
   dropped and the first character of each word mixes the LLM embeddings of " " + piece
   (e.g. "\u0120f"), so the LLM reads words the way its tokenizer writes them, ~1/6 shorter.
-- `ctc_words`: the CTC greedy hypothesis split into words; each word is written with the
+- `ctc_words`: the CTC greedy hypothesis (with `speech_llm.ctc_words_lm`: the CTC baseline's
+  LM beam-search hypothesis, decoding/ctc.LmCtcDecoder) split into words; each word is written with the
   LLM's own tokenizer (" word") and embedded with the LLM's own (fixed) input embeddings,
   plus a learned projection of the word's mean encoder state (zero at init) on each of its
   tokens. N is the hypothesis length in LLM tokens (~2-4x shorter than characters), and
@@ -147,11 +148,13 @@ class CtcMixProjector(nn.Module):
 
 class CtcWordsProjector(nn.Module):
     def __init__(self, enc_dim: int, llm_dim: int, pieces: list[str], blank: int, llm_tokenizer: Any,
-                 embedding: nn.Module) -> None:
+                 embedding: nn.Module, decoder: Any = None) -> None:
         super().__init__()
         self.blank, self.pieces, self.tok = blank, list(pieces), llm_tokenizer
-        # a tuple, not a submodule: the LLM's table is neither trained here nor saved in trained.pt
+        # tuples, not submodules: the LLM's table is neither trained here nor saved in trained.pt, and
+        # `decoder` (an LmCtcDecoder, optional) replaces the greedy words with LM beam-search words
         self._embedding = (embedding,)
+        self._decoder = (decoder,) if decoder is not None else ()
         self.proj = nn.Linear(enc_dim, llm_dim)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -168,22 +171,35 @@ class CtcWordsProjector(nn.Module):
 
     def words(self, best: list[int]) -> list[tuple[str, int, int]]:
         """(word, first CTC frame, end CTC frame) from the per-frame argmax of one utterance."""
-        out: list[tuple[str, int, int]] = []
-        word, start, end, prev = "", -1, -1, self.blank
+        runs, prev = [], self.blank  # (class, first frame, end frame) of each non-blank run
         for t, c in enumerate(best):
-            if c != self.blank and c != prev:
-                piece = self.pieces[c]
-                if piece.startswith("<") and piece.endswith(">"):  # <unk>
-                    prev = c
-                    continue
-                if piece.startswith("\u2581") or start < 0:
-                    if word:
-                        out.append((word, start, end))
-                    word, start = "", t
-                word += piece.lstrip("\u2581")
-            if c != self.blank and start >= 0:
-                end = t + 1
+            if c != self.blank and c == prev:
+                runs[-1][2] = t + 1
+            elif c != self.blank:
+                runs.append([c, t, t + 1])
             prev = c
+        return self._join(runs)
+
+    def lm_words(self, hyp: Any, n_frames: int) -> list[tuple[str, int, int]]:
+        """The same from an LM beam-search hypothesis (torchaudio CTCHypothesis): its tokens start at
+        `timesteps`, which flashlight counts from a silence frame it puts before frame 0."""
+        runs = [[int(c), min(max(int(ts) - 1, 0), n_frames - 1), min(max(int(ts), 1), n_frames)]
+                for c, ts in zip(hyp.tokens.tolist(), hyp.timesteps.tolist())]
+        return self._join(runs)
+
+    def _join(self, runs: list[list[int]]) -> list[tuple[str, int, int]]:
+        out: list[tuple[str, int, int]] = []
+        word, start, end = "", -1, -1
+        for c, first, stop in runs:
+            piece = self.pieces[c]
+            if piece.startswith("<") and piece.endswith(">"):  # <unk>
+                continue
+            if piece.startswith("\u2581") or start < 0:
+                if word:
+                    out.append((word, start, end))
+                word, start = "", first
+            word += piece.lstrip("\u2581")
+            end = stop
         if word:
             out.append((word, start, end))
         return out
@@ -194,12 +210,18 @@ class CtcWordsProjector(nn.Module):
         assert ctc_logits is not None, "ctc_words needs the CTC head's logits"
         b = enc.shape[0]
         k = outputs_per_frame(enc, ctc_logits)
-        best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
+        if self._decoder:  # the CTC baseline's LM beam search writes the words
+            hyps = self._decoder[0].decoder(ctc_logits.float().log_softmax(-1).cpu().contiguous(),
+                                            (enc_lens * k).to(torch.int32).cpu())
+            hyp_words = [self.lm_words(h[0], int(enc_lens[i]) * k) if h else [] for i, h in enumerate(hyps)]
+        else:
+            best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
+            hyp_words = [self.words(best[i, : int(enc_lens[i]) * k].tolist()) for i in range(b)]
         rows: list[tuple[list[int], list[int], list[int]]] = []
         for i in range(b):
             n_valid = int(enc_lens[i])
             ids, starts, ends = [], [], []
-            for word, s, e in self.words(best[i, : n_valid * k].tolist()):
+            for word, s, e in hyp_words[i]:
                 w = self.word_ids(word)
                 ids += w
                 starts += [s // k] * len(w)
@@ -238,5 +260,5 @@ def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, frame
                                ctc.get("space", -1))
     if kind == "ctc_words":
         return CtcWordsProjector(enc_dim, llm_dim, ctc["piece_texts"], ctc["blank"], ctc["llm_tokenizer"],
-                                 ctc["embedding"])
+                                 ctc["embedding"], ctc.get("lm_decoder"))
     raise ValueError(f"unknown projector '{kind}'")

@@ -7,6 +7,7 @@ the rest:
     trained.pt               encoder (+ CTC head when used) + projector, loaded strictly
     adapter/                 the LoRA adapter in peft's format (absent when the LLM is frozen)
     cmvn.json, tokenizer.model   copied from the CTC model (feature stats, CTC pieces)
+    lm.arpa, lexicon.txt     copied from the CTC model when ctc_words reads LM-decoded words
 Never a copy of the LLM: it is reloaded from its reference and its hash is checked.
 """
 
@@ -36,10 +37,16 @@ def uses_ctc_head(cfg: Config) -> bool:
     return cfg.speech_llm.projector in ("ctc_mix", "ctc_words") or cfg.speech_llm.aux_ctc_weight > 0
 
 
+def uses_ctc_lm(cfg: Config) -> bool:
+    return cfg.speech_llm.projector == "ctc_words" and cfg.speech_llm.ctc_words_lm and cfg.ctc.lm.weight > 0
+
+
 def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[str], blank: int,
-                     llm: torch.nn.Module, tok: Any, adapter_dir: Path | None = None) -> SpeechLlm:
+                     llm: torch.nn.Module, tok: Any, adapter_dir: Path | None = None,
+                     ctc_dir: Path | None = None) -> SpeechLlm:
     """Encoder (and CTC head if used) from the CTC model, a fresh projector, LoRA (new, or
-    loaded strictly from `adapter_dir`) or a frozen LLM."""
+    loaded strictly from `adapter_dir`) or a frozen LLM. `ctc_dir` holds the tokenizer and the
+    LM files when ctc_words reads LM-decoded words."""
     scfg = cfg.speech_llm
     hidden = llm.get_input_embeddings().weight.shape[1]  # projection size from the LLM's config
     ctc: dict[str, Any] = {"blank": blank}
@@ -53,6 +60,13 @@ def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[s
                                 "(ctc.tokenizer.model_type: char)")
     if scfg.projector == "ctc_words":
         ctc.update(piece_texts=ctc_pieces, llm_tokenizer=tok, embedding=llm.get_input_embeddings())
+        if uses_ctc_lm(cfg):
+            from llm_asr.decoding.ctc import LmCtcDecoder
+            from llm_asr.models.tokenizer import CtcTokenizer
+
+            if ctc_dir is None:
+                raise UserError("speech_llm.ctc_words_lm needs the CTC model directory (its LM files)")
+            ctc["lm_decoder"] = LmCtcDecoder(ctc_dir, CtcTokenizer(Path(ctc_dir) / "tokenizer.model"), cfg.ctc.lm)
     projector = build_projector(scfg.projector, ctc_model.encoder.output_dim, hidden, scfg.stride_ms,
                                 ctc_model.encoder.frame_ms, **ctc)
     if scfg.llm.gradient_checkpointing:
@@ -99,7 +113,9 @@ def save_model_dir(model: SpeechLlm, cfg: Config, llm_ref: dict[str, str], ctc_d
     if (out_dir / ADAPTER).exists():
         shutil.rmtree(out_dir / ADAPTER)
     save_adapter(model.llm, out_dir / ADAPTER)
-    for name in ("cmvn.json", "tokenizer.model"):
+    from llm_asr.decoding.ctc import LEXICON_FILE, LM_FILE
+
+    for name in ("cmvn.json", "tokenizer.model") + ((LM_FILE, LEXICON_FILE) if uses_ctc_lm(cfg) else ()):
         shutil.copyfile(ctc_dir / name, out_dir / name)
     meta = {
         "system": SYSTEM,
@@ -138,7 +154,7 @@ def load_model_dir(model_dir: Path) -> tuple[SpeechLlm, Any, Config]:
         pieces = CtcTokenizer(model_dir / "tokenizer.model").pieces
     else:  # ctc_mix's piece table is restored from trained.pt
         pieces = ["<blank>"] * classes
-    model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER)
+    model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER, ctc_dir=model_dir)
     load_trained_state(model, state, lora=False)
     model.prompt_ids = list(meta["tokens"]["prompt"])
     model.head_ids = list(meta["tokens"].get("head", []))

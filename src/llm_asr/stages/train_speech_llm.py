@@ -42,7 +42,7 @@ def _build(cfg: Config, paths: Paths) -> tuple[Config, Any, Any, Any, dict[str, 
     cfg = cfg.model_copy(update={"ctc": trained.ctc, "features": trained.features})
     llm, tok, ref = load_llm(cfg.speech_llm.llm)
     torch.manual_seed(cfg.seed)
-    model = build_speech_llm(cfg, ctc_model, ctc_tok.pieces, ctc_tok.blank, llm, tok)
+    model = build_speech_llm(cfg, ctc_model, ctc_tok.pieces, ctc_tok.blank, llm, tok, ctc_dir=paths.ctc_model)
 
     def sample_decode(m: Any, feats: torch.Tensor, lens: torch.Tensor) -> list[str]:
         return decode_features(m, tok, feats, lens, cfg.decoding, cfg.features.frame_shift_ms)
