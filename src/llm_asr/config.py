@@ -124,9 +124,12 @@ class CtcLmConfig(_Section):
     (torchaudio's flashlight-text `ctc_decoder`). weight 0 = no LM: greedy / prefix beam search."""
 
     order: int = Field(3, ge=1, le=6)
-    # text: the train transcripts plus each language's `lm_text.txt` in the corpus (sentences held
-    # out of dev/test, written by prepare-data for synthetic data); "train" = transcripts only
-    text: Literal["corpus", "train"] = "corpus"
+    # text: "lm_text" = each language's `lm_text.txt` in the corpus (sentences no split speaks, written
+    # by prepare-data for synthetic data; the train transcripts when a corpus has none), "corpus" =
+    # lm_text + the train transcripts, "train" = the transcripts only. An LM that holds the train
+    # sentences decodes train audio almost perfectly, so stage two (ctc_words_lm) would learn from
+    # inputs far cleaner than dev/test ones: lm_text keeps both splits' inputs alike.
+    text: Literal["lm_text", "corpus", "train"] = "lm_text"
     weight: float = Field(0.0, ge=0)
     word_score: float = 0.0  # per-word bonus (log); balances the LM's pull toward fewer words
     beam_size: int = Field(32, ge=1)

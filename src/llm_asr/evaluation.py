@@ -31,6 +31,7 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     lines = [
         f"### {metrics['system']} ({metrics['model']})",
         "",
+        *([f"Decoding: {metrics['decoding']}.", ""] if metrics.get("decoding") else []),
         "| language | WER % | CER % | utterances |",
         "|---|---:|---:|---:|",
     ]

@@ -44,9 +44,12 @@ def test_lm_text_and_decoding_switch(micro_ctc):
 
     cfg, paths, summary = micro_ctc
     assert summary["lm_sentences"] == 8 * cfg.data.synthetic.train_per_language  # micro: text=train
-    corpus_cfg = load_config("micro", ["ctc.lm.text=corpus"])
-    texts, extra = lm_texts(corpus_cfg, paths, ["a train sentence"])
-    assert extra > 1000 and len(texts) == extra + 1
+    texts, extra = lm_texts(load_config("micro", ["ctc.lm.text=corpus"]), paths, ["a train sentence"])
+    assert extra > 1000 and len(texts) == extra + 1 and "a train sentence" in texts
+    only, n = lm_texts(load_config("micro", ["ctc.lm.text=lm_text"]), paths, ["a train sentence"])
+    assert n == extra and "a train sentence" not in only  # train audio must not meet its own sentences
+    assert lm_texts(load_config("micro", ["ctc.lm.text=lm_text"]), paths.__class__(paths.workdir / "none"),
+                    ["a train sentence"]) == (["a train sentence"], 0)  # no lm_text.txt: the transcripts
     held = {line.split("\t", 1)[1].strip() for split in ("dev", "test")
             for line in (paths.corpus / "mls_german" / split / "transcripts.txt").read_text().splitlines()}
     assert held and not held & set(texts)

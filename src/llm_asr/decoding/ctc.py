@@ -4,6 +4,7 @@ decoder); `CtcRecognizer` for the baseline system."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -83,6 +84,11 @@ class LmCtcDecoder:
                 raise UserError(f"{model_dir} has no {name} for LM decoding: retrain it with `llm-asr train-ctc` "
                                 "(it writes the LM), or decode without one: --set ctc.lm.weight=0")
         _, silence = lexicon_spelling(tokenizer)
+        with (model_dir / LM_FILE).open(encoding="utf-8") as f:  # the ARPA header: "ngram N=count" per order
+            order = sum(1 for line in itertools.takewhile(lambda x: x.strip() != "\\1-grams:", f)
+                        if line.startswith("ngram "))
+        self.describe = (f"lexicon beam search {lcfg.beam_size} + word {order}-gram LM "
+                         f"(weight {lcfg.weight:g}, word score {lcfg.word_score:g})")
         self.decoder = ctc_decoder(
             lexicon=str(model_dir / LEXICON_FILE), tokens=tokenizer.pieces, lm=str(model_dir / LM_FILE),
             nbest=1, beam_size=lcfg.beam_size, beam_size_token=min(lcfg.beam_size_token, tokenizer.num_classes),
@@ -116,6 +122,7 @@ class CtcRecognizer:
         self.model, self.tokenizer, self.cmvn = model.eval(), tokenizer, cmvn
         self.fcfg = FeaturesConfig.model_validate(cfg_dict["features"])
         self.beam_size, self.batch_size, self.lm = beam_size, batch_size, lm
+        self.decoding = lm.describe if lm else "greedy" if beam_size <= 1 else f"prefix beam search {beam_size}"
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, beam_size: int | None = None, lm_cfg=None) -> "CtcRecognizer":

@@ -41,6 +41,7 @@ class SpeechLlmRecognizer:
     def __init__(self, model: SpeechLlm, tok: Any, fcfg: FeaturesConfig, cmvn: Any, dcfg: DecodingConfig):
         self.model, self.tok, self.fcfg, self.cmvn, self.dcfg = model.eval(), tok, fcfg, cmvn, dcfg
         self.device = next(model.parameters()).device
+        self.decoding = "greedy" if dcfg.beam_size <= 1 else f"beam search {dcfg.beam_size}"
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, decoding_cfg: DecodingConfig | None = None) -> "SpeechLlmRecognizer":

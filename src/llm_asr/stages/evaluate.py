@@ -85,7 +85,8 @@ def run(
         if not by_lang:
             raise UserError(f"{data_dir}: no '{split}' utterance could be decoded ({len(bad)} unreadable)")
         result = metrics_json(system, str(model or f"models:/{cfg.tracking.registered_model}@champion"), by_lang)
-        result.update(split=split, data_dir=str(data_dir), skipped=len(skipped) + len(bad))
+        result.update(split=split, data_dir=str(data_dir), skipped=len(skipped) + len(bad),
+                      decoding=getattr(recognizer, "decoding", "unknown"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
         (out.parent / "wer.md").write_text(markdown_table(result))

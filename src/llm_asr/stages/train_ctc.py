@@ -116,19 +116,21 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
 
 
 def lm_texts(cfg: Config, paths: Paths, train_texts: list[str]) -> tuple[list[str], int]:
-    """The LM's sentences: the train transcripts, plus (ctc.lm.text=corpus) every language's
-    `lm_text.txt`, text-only sentences that prepare-data held out of all three splits."""
+    """The LM's sentences (ctc.lm.text): every language's `lm_text.txt`, text-only sentences that
+    prepare-data held out of all three splits ("lm_text"), plus the train transcripts ("corpus"),
+    or the transcripts only ("train", or a corpus without lm_text.txt such as real MLS)."""
     from llm_asr.data.synthetic import LM_TEXT
 
-    texts, extra = list(train_texts), 0
-    if cfg.ctc.lm.text == "corpus":
+    texts = list(train_texts) if cfg.ctc.lm.text != "lm_text" else []
+    extra = 0
+    if cfg.ctc.lm.text in ("lm_text", "corpus"):
         for language in cfg.data.languages:
             path = paths.corpus / f"mls_{language}" / LM_TEXT
             if path.is_file():
                 lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
                 texts += lines
                 extra += len(lines)
-    return texts, extra
+    return (texts, extra) if texts else (list(train_texts), 0)
 
 
 def build_lm(cfg: Config, paths: Paths, out: Path, tokenizer: Any, train_texts: list[str]) -> dict[str, float]:
