@@ -96,9 +96,13 @@ class LmCtcDecoder:
             sil_score=0.0, blank_token=tokenizer.pieces[BLANK], sil_token=silence, unk_word="<unk>",
         )
 
-    def __call__(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
+    def best(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list:
+        """log-probs [B, T, V] -> each utterance's best torchaudio CTCHypothesis (None if none survived)."""
         hyps = self.decoder(log_probs.float().cpu().contiguous(), lens.to(torch.int32).cpu())
-        return [" ".join(h[0].words) if h else "" for h in hyps]
+        return [h[0] if h else None for h in hyps]
+
+    def __call__(self, log_probs: torch.Tensor, lens: torch.Tensor) -> list[str]:
+        return [" ".join(h.words) if h else "" for h in self.best(log_probs, lens)]
 
 
 def decode_batch(logits: torch.Tensor, lens: torch.Tensor, tokenizer, beam_size: int = 1,

@@ -96,8 +96,7 @@ def write_arpa(probs: list[dict], backoffs: list[dict], out: Path) -> dict[str, 
     order = len(probs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    unigrams = dict(probs[0])
-    sizes = [len(unigrams) + 1] + [len(p) for p in probs[1:]]  # + <s>
+    sizes = [len(probs[0]) + 1] + [len(p) for p in probs[1:]]  # + <s>
     tmp = out.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write("\\data\\\n")

@@ -211,9 +211,8 @@ class CtcWordsProjector(nn.Module):
         b = enc.shape[0]
         k = outputs_per_frame(enc, ctc_logits)
         if self._decoder:  # the CTC baseline's LM beam search writes the words
-            hyps = self._decoder[0].decoder(ctc_logits.float().log_softmax(-1).cpu().contiguous(),
-                                            (enc_lens * k).to(torch.int32).cpu())
-            hyp_words = [self.lm_words(h[0], int(enc_lens[i]) * k) if h else [] for i, h in enumerate(hyps)]
+            hyps = self._decoder[0].best(ctc_logits.float().log_softmax(-1), enc_lens * k)
+            hyp_words = [self.lm_words(h, int(enc_lens[i]) * k) if h else [] for i, h in enumerate(hyps)]
         else:
             best = ctc_logits.argmax(-1).cpu()  # [B, T*k]
             hyp_words = [self.words(best[i, : int(enc_lens[i]) * k].tolist()) for i in range(b)]
