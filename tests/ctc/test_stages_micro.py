@@ -12,6 +12,7 @@ import torch
 
 from llm_asr.config import LANGUAGES
 from llm_asr.decoding.ctc import CtcRecognizer
+from llm_asr.errors import UserError
 from llm_asr.models.encoder import load_ctc_model
 from llm_asr.stages import evaluate
 from llm_asr.training.checkpoint import load_state_strict
@@ -48,8 +49,9 @@ def test_lm_text_and_decoding_switch(micro_ctc):
     assert extra > 1000 and len(texts) == extra + 1 and "a train sentence" in texts
     only, n = lm_texts(load_config("micro", ["ctc.lm.text=lm_text"]), paths, ["a train sentence"])
     assert n == extra and "a train sentence" not in only  # train audio must not meet its own sentences
-    assert lm_texts(load_config("micro", ["ctc.lm.text=lm_text"]), paths.__class__(paths.workdir / "none"),
-                    ["a train sentence"]) == (["a train sentence"], 0)  # no lm_text.txt: the transcripts
+    with pytest.raises(UserError, match="lm_text.txt, missing for english"):  # never a silent switch to train
+        lm_texts(load_config("micro", ["ctc.lm.text=lm_text"]), paths.__class__(paths.workdir / "none"),
+                 ["a train sentence"])
     held = {line.split("\t", 1)[1].strip() for split in ("dev", "test")
             for line in (paths.corpus / "mls_german" / split / "transcripts.txt").read_text().splitlines()}
     assert held and not held & set(texts)

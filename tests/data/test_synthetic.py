@@ -6,7 +6,7 @@ import pytest
 
 from llm_asr.config import load_config
 from llm_asr.data.synthetic import (LM_TEXT, VARIANTS, build_synthetic_corpus, lm_text_lines, make_voices,
-                                    plan_language, speak)
+                                    plan_language, speak, voices_report)
 from llm_asr.errors import UserError
 from llm_asr.paths import Paths
 
@@ -42,10 +42,35 @@ def test_lm_text_holds_every_other_sentence_and_no_spoken_one():
 
 def test_voices_are_disjoint_and_seeded():
     v = make_voices("polish", 12, 4, seed=1)
-    assert not {x.variant for x in v["train"]} & {x.variant for x in v["eval"]}
+    sets = {split: {x.variant for x in v[split]} for split in ("train", "dev", "test")}
+    assert not sets["train"] & sets["dev"] and not sets["train"] & sets["test"] and not sets["dev"] & sets["test"]
     assert v == make_voices("polish", 12, 4, seed=1) and v != make_voices("polish", 12, 4, seed=2)
-    with pytest.raises(UserError, match="voice variants"):
+    with pytest.raises(UserError, match="espeak-ng variants"):
         make_voices("polish", len(VARIANTS), 1, seed=1)
+
+
+def test_test_voices_are_unseen_in_every_language():
+    """A variant heard in German training is not an unseen voice for the French test."""
+    cfg = load_config("default")
+    syn = cfg.data.synthetic
+    voices = [make_voices(lang, syn.train_speakers, syn.eval_speakers, cfg.seed) for lang in cfg.data.languages]
+    used = {split: {x.variant for v in voices for x in v[split]} for split in ("train", "dev", "test")}
+    assert not used["test"] & (used["train"] | used["dev"]) and not used["dev"] & used["train"]
+    assert len(used["test"]) >= syn.eval_speakers and {x.gender for v in voices for x in v["test"]} == {"F", "M"}
+    plan = [u for lang in ("german", "french") for u in plan_language(cfg, lang, SENTENCES * 60)]
+    report = voices_report(plan)
+    assert list(report) == ["train", "dev", "test"] and all(r == sorted(r) for r in report.values())
+    assert not set(report["test"]) & (set(report["train"]) | set(report["dev"]))
+    assert not set(report["dev"]) & set(report["train"])
+
+
+def test_every_variant_is_an_espeak_voice_file():
+    """espeak-ng falls back to its default voice for an unknown variant name: every name must exist."""
+    data = pytest.importorskip("pathlib").Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v")
+    if not data.is_dir():
+        pytest.skip("espeak-ng-data not installed here")
+    assert [v for v, _ in VARIANTS if not (data / v).is_file()] == []
+    assert len({v for v, _ in VARIANTS}) == len(VARIANTS)
 
 
 def test_too_few_sentences_is_a_clear_error():

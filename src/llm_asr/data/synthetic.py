@@ -1,7 +1,8 @@
 """Synthetic MLS: LibreOffice help sentences spoken by espeak-ng voices, in the exact MLS layout.
 
 A speaker is one espeak-ng voice configuration (variant, rate in words/min, pitch).
-Train and dev/test speakers use disjoint variants, as MLS keeps speakers disjoint.
+Train, dev and test use pairwise disjoint variants across all languages (`split_variants`): a test
+voice is unseen in every language's train and dev, as MLS keeps speakers disjoint.
 Speaker ids are `<language index><3 digits>` (1000.. english, 2000.. german, ...) so
 ids are unique across languages; a speaker's utterances are grouped into books of 50.
 Everything is a pure function of the seed: the same seed gives byte-identical files.
@@ -29,13 +30,24 @@ ESPEAK_VOICE = {
     "english": "en-us", "german": "de", "dutch": "nl", "french": "fr-fr",
     "spanish": "es", "italian": "it", "portuguese": "pt", "polish": "pl",
 }  # fmt: skip
-# intelligible espeak-ng variants (gender from the variant file); no whisper/croak/robots
+# intelligible espeak-ng variants, named exactly as their files in espeak-ng-data/voices/!v (an unknown
+# name such as "andy" for "Andy" silently falls back to the default voice); gender from the file
+# (no "gender" line = espeak's default, male). No whisper/croak/robots/announcers.
 VARIANTS = (
     ("m1", "M"), ("m2", "M"), ("m3", "M"), ("m4", "M"), ("m5", "M"), ("m6", "M"), ("m7", "M"),
-    ("m8", "M"), ("f1", "F"), ("f2", "F"), ("f3", "F"), ("f4", "F"), ("f5", "F"), ("adam", "M"),
-    ("andy", "M"), ("annie", "F"), ("belinda", "F"), ("david", "M"), ("edward", "M"), ("linda", "F"),
-    ("max", "M"), ("michael", "M"), ("paul", "M"), ("steph", "F"), ("robert", "M"), ("klatt", "M"),
+    ("m8", "M"), ("klatt", "M"), ("klatt2", "M"), ("klatt3", "M"), ("klatt4", "M"), ("adam", "M"),
+    ("Andy", "M"), ("david", "M"), ("edward", "M"), ("max", "M"), ("Michael", "M"), ("paul", "M"),
+    ("robert", "M"), ("antonio", "M"), ("benjamin", "M"), ("caleb", "M"), ("gustave", "M"),
+    ("michel", "M"), ("miguel", "M"), ("pablo", "M"), ("pedro", "M"), ("norbert", "M"),
+    ("travis", "M"), ("victor", "M"), ("sandro", "M"), ("iven", "M"), ("john", "M"), ("rob", "M"),
+    ("ed", "M"), ("boris", "M"),
+    ("f1", "F"), ("f2", "F"), ("f3", "F"), ("f4", "F"), ("f5", "F"), ("Annie", "F"), ("belinda", "F"),
+    ("linda", "F"), ("steph", "F"), ("aunty", "F"), ("grandma", "F"), ("Alicia", "F"), ("Andrea", "F"),
+    ("anika", "F"),
 )  # fmt: skip
+# variants held out for each evaluation split, across all languages: a test variant is never heard in
+# train or dev in any language, a dev variant never in train; each language draws its speakers from them
+EVAL_POOL = 8
 ESPEAK_RATE = 22050
 BOOK_SIZE = 50
 SPLITS = ("train", "dev", "test")
@@ -74,28 +86,48 @@ class Utterance:
         return f"mls_{self.language}/{self.split}/audio/{spk}/{book}/{self.id}.flac"
 
 
+def split_variants(seed: int, n_eval: int) -> dict[str, list[tuple[str, str]]]:
+    """One partition of the variants for every language: {"train", "dev", "test"} pools, pairwise
+    disjoint, each evaluation pool with both genders in the proportion of the whole list."""
+    pool = max(EVAL_POOL, n_eval)
+    rng = random.Random(f"voice-split-{seed}")
+    out: dict[str, list[tuple[str, str]]] = {"test": [], "dev": [], "train": []}
+    for gender in ("F", "M"):
+        group = sorted(v for v in VARIANTS if v[1] == gender)
+        rng.shuffle(group)
+        k = max(1, round(pool * len(group) / len(VARIANTS)))
+        out["test"] += group[:k]
+        out["dev"] += group[k : 2 * k]
+        out["train"] += group[2 * k :]
+    return out
+
+
 def make_voices(language: str, n_train: int, n_eval: int, seed: int) -> dict[str, list[Voice]]:
-    """Disjoint voice sets {"train": [...], "eval": [...]} for one language."""
-    if n_train + n_eval > len(VARIANTS):
-        raise UserError(
-            f"data.synthetic: train_speakers + eval_speakers = {n_train + n_eval} exceeds the "
-            f"{len(VARIANTS)} espeak-ng voice variants"
-        )
+    """Voices {"train", "dev", "test"} for one language, drawn from `split_variants`' pools."""
+    pools = split_variants(seed, n_eval)
+    for split, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        if n > len(pools[split]):
+            raise UserError(
+                f"data.synthetic: {split} needs {n} voices but only {len(pools[split])} espeak-ng variants are "
+                f"held for {split} ({len(VARIANTS)} in all, {max(EVAL_POOL, n_eval)} per evaluation split); "
+                f"lower data.synthetic.{'train' if split == 'train' else 'eval'}_speakers"
+            )
     rng = random.Random(f"voices-{seed}-{language}")
-    variants = rng.sample(VARIANTS, n_train + n_eval)
     base = (LANGUAGES.index(language) + 1) * 1000
-    voices = [
-        Voice(
-            str(base + i),
-            language,
-            var,
-            gender,
-            rate=rng.randrange(130, 200, 5),
-            pitch=rng.randrange(25, 76, 5),
-        )
-        for i, (var, gender) in enumerate(variants)
-    ]
-    return {"train": voices[:n_train], "eval": voices[n_train:]}
+    voices: dict[str, list[Voice]] = {}
+    i = 0
+    for split, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        voices[split] = []
+        for var, gender in rng.sample(pools[split], n):
+            voices[split].append(Voice(str(base + i), language, var, gender,
+                                       rate=rng.randrange(130, 200, 5), pitch=rng.randrange(25, 76, 5)))
+            i += 1
+    return voices
+
+
+def voices_report(plan: list[Utterance]) -> dict[str, list[str]]:
+    """The sorted variant names each split uses across all languages (data_report.json "voices")."""
+    return {split: sorted({u.voice.variant for u in plan if u.split == split}) for split in SPLITS}
 
 
 def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utterance]:
@@ -113,11 +145,11 @@ def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utte
     voices = make_voices(language, syn.train_speakers, syn.eval_speakers, cfg.seed)
     plan: list[Utterance] = []
     start = 0
-    count: dict[str, int] = defaultdict(int)  # per speaker, across dev and test: ids stay unique
+    count: dict[str, int] = defaultdict(int)  # per speaker: ids stay unique
     for split in ("test", "dev", "train"):
         chosen = pool[start : start + need[split]]
         start += need[split]
-        split_voices = voices["train" if split == "train" else "eval"]
+        split_voices = voices[split]
         for i, sent in enumerate(chosen):
             voice = split_voices[i % len(split_voices)]
             k = count[voice.speaker]
@@ -236,4 +268,5 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
         "text_packages": {lang: source_package(lang, cache) for lang in cfg.data.languages},
         "sentences_available": {lang: len(sentences[lang]) for lang in cfg.data.languages},
         "lm_text_sentences": lm_sentences,
+        "voices": voices_report(plan),
     }

@@ -68,6 +68,8 @@ def run(cfg: Config, paths: Paths) -> dict:
         source_facts = build_corpus(cfg, paths)
         t1 = time.time()
         report = {"source": cfg.data.source, **make_manifests(cfg, paths)}
+        if "voices" in source_facts:  # the variants each split speaks with, across all languages
+            report["voices"] = source_facts.pop("voices")
         report["build"] = {
             **source_facts,
             "corpus_seconds": round(t1 - t0, 2),

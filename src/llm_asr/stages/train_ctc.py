@@ -118,19 +118,28 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
 def lm_texts(cfg: Config, paths: Paths, train_texts: list[str]) -> tuple[list[str], int]:
     """The LM's sentences (ctc.lm.text): every language's `lm_text.txt`, text-only sentences that
     prepare-data held out of all three splits ("lm_text"), plus the train transcripts ("corpus"),
-    or the transcripts only ("train", or a corpus without lm_text.txt such as real MLS)."""
+    or the transcripts only ("train", e.g. for real MLS, which ships no lm_text.txt here).
+    A missing `lm_text.txt` is an error, never a silent switch to the train transcripts: an LM
+    holding the train sentences decodes train audio almost perfectly (stage two then learns to copy)."""
     from llm_asr.data.synthetic import LM_TEXT
 
     texts = list(train_texts) if cfg.ctc.lm.text != "lm_text" else []
     extra = 0
     if cfg.ctc.lm.text in ("lm_text", "corpus"):
+        missing = [lang for lang in cfg.data.languages if not (paths.corpus / f"mls_{lang}" / LM_TEXT).is_file()]
+        if missing:
+            raise UserError(
+                f"ctc.lm.text={cfg.ctc.lm.text} needs {paths.corpus}/mls_<language>/{LM_TEXT}, missing for "
+                f"{', '.join(missing)}: pass the corpus to this stage (run `llm-asr prepare-data`), or set "
+                f"ctc.lm.text=train to build the LM from the train transcripts")
         for language in cfg.data.languages:
             path = paths.corpus / f"mls_{language}" / LM_TEXT
-            if path.is_file():
-                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-                texts += lines
-                extra += len(lines)
-    return (texts, extra) if texts else (list(train_texts), 0)
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts += lines
+            extra += len(lines)
+    if not texts:
+        raise UserError("the CTC baseline's LM has no text: every transcript and lm_text.txt is empty")
+    return texts, extra
 
 
 def build_lm(cfg: Config, paths: Paths, out: Path, tokenizer: Any, train_texts: list[str]) -> dict[str, float]:
