@@ -21,10 +21,12 @@ def evaluate(
     speech_llm_model: Input[Model] = None,
     stride_ms: int = 0,
     lora_rank: int = -1,
+    no_lm: bool = False,
 ):
     """`llm_asr.stages.evaluate.run`; `report` holds metrics.json, wer.md and wer.png.
 
-    `system` is `ctc` (scores `ctc_model`) or `speech-llm` (scores `speech_llm_model`).
+    `system` is `ctc` (scores `ctc_model`) or `speech-llm` (scores `speech_llm_model`); `no_lm`
+    decodes the CTC model without its n-gram LM (`ctc.lm.weight=0`: the report's `ctc-greedy`).
     """
     from components.workspace import (
         CORPUS, CTC_MODEL, FEATURES, MANIFESTS, REPORTS, SPEECH_LLM_MODEL,
@@ -37,12 +39,12 @@ def evaluate(
         raise ValueError(f"system must be 'ctc' or 'speech-llm', got '{system}'")
     if system == "speech-llm" and speech_llm_model is None:
         raise ValueError("system 'speech-llm' needs the speech_llm_model input")
-    cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank))
+    cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank) + (["ctc.lm.weight=0"] if no_lm else []))
     inputs = {
         CORPUS: corpus, MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model,
         SPEECH_LLM_MODEL: speech_llm_model,
     }
-    sub = f"{REPORTS}/{system.replace('-', '_')}"
+    sub = f"{REPORTS}/{system.replace('-', '_')}{'_greedy' if no_lm else ''}"
     with task_workdir(inputs, {sub: report}, pipeline_run) as paths:
         model = paths.ctc_model if system == "ctc" else paths.speech_llm_model
         out = paths.workdir / sub / "metrics.json"

@@ -1,4 +1,4 @@
-"""KFP component: merge both systems' metrics into metrics.json and a results table."""
+"""KFP component: merge the three systems' metrics (ctc, ctc-greedy, speech-llm) into metrics.json and a table."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
@@ -12,6 +12,7 @@ def report(
     overrides: list,
     pipeline_run: str,
     ctc_report: Input[Dataset],
+    ctc_greedy_report: Input[Dataset],
     speech_llm_report: Input[Dataset],
     results: Output[Dataset],
     metrics: Output[Metrics],
@@ -27,6 +28,7 @@ def report(
     with task_workdir(outputs={REPORTS: results}, pipeline_run=pipeline_run) as paths:
         # small files: copied, so the results artifact is self-contained
         shutil.copytree(ctc_report.path, paths.reports / "ctc", dirs_exist_ok=True)
+        shutil.copytree(ctc_greedy_report.path, paths.reports / "ctc_greedy", dirs_exist_ok=True)
         shutil.copytree(speech_llm_report.path, paths.reports / "speech_llm", dirs_exist_ok=True)
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -1,4 +1,8 @@
-"""KFP component: stage one, the tokenizer and the conformer CTC encoder (also the baseline)."""
+"""KFP component: stage one, the tokenizer and the conformer CTC encoder (also the baseline).
+
+It reads the corpus as `dvc.yaml`'s train_ctc does: the baseline's n-gram LM comes from each
+language's `mls_<language>/lm_text.txt` (`ctc.lm.text`), so KFP and DVC build the same LM.
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -11,18 +15,19 @@ def train_ctc(
     profile: str,
     overrides: list,
     pipeline_run: str,
+    corpus: Input[Dataset],
     manifests: Input[Dataset],
     features: Input[Dataset],
     ctc_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """`llm_asr.stages.train_ctc.run` from the features into the `ctc_model` artifact."""
-    from components.workspace import CTC_MODEL, FEATURES, MANIFESTS, log_metrics, task_workdir
+    """`llm_asr.stages.train_ctc.run` from the features (and the corpus's LM text) into `ctc_model`."""
+    from components.workspace import CORPUS, CTC_MODEL, FEATURES, MANIFESTS, log_metrics, task_workdir
     from llm_asr.config import load_config
     from llm_asr.stages import train_ctc as stage
 
     cfg = load_config(profile, overrides)
-    inputs = {MANIFESTS: manifests, FEATURES: features}
+    inputs = {CORPUS: corpus, MANIFESTS: manifests, FEATURES: features}
     with task_workdir(inputs, {CTC_MODEL: ctc_model}, pipeline_run) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -1,9 +1,11 @@
-"""KFP component: stage two as a Kubeflow Trainer TrainJob (torch-distributed, N nodes x G GPUs).
+"""KFP component: stage two as a Kubeflow Trainer TrainJob (llm-asr-torch-distributed, N nodes x G GPUs).
 
 The task itself is a small CPU pod: it copies its input artifacts to a workdir on the
 shared PVC, submits the TrainJob (`components.trainjob.submit`), waits for it, and
 copies the trained model back into its output artifact. Its service account needs
-the RBAC in `infra/base/rbac.yaml`.
+the RBAC in `infra/base/rbac.yaml`. The TrainJob carries the pipeline run's label, so
+the pipeline's exit handler (`components/delete_failed_trainjobs.py`) can delete it when
+the run fails, and stops at `deadline_hours`.
 """
 
 from kfp import dsl
@@ -27,6 +29,7 @@ def train_speech_llm_trainjob(
     namespace: str = "",
     stride_ms: int = 0,
     lora_rank: int = -1,
+    deadline_hours: float = 72.0,
 ):
     """`llm_asr.stages.train_speech_llm.run` on every node of a TrainJob; the model lands in `speech_llm_model`."""
     import shutil
@@ -48,8 +51,8 @@ def train_speech_llm_trainjob(
             links[artifact.metadata[WRITTEN_AT]] = str(workdir / rel)
     req = TrainJobRequest(
         profile=profile, overrides=tuple(grid_overrides(overrides, stride_ms, lora_rank)), workdir=str(workdir),
-        num_nodes=num_nodes, gpus_per_node=gpus_per_node, labels={"llm-asr/pipeline-run": pipeline_run[:63]},
-        links=links,
+        num_nodes=num_nodes, gpus_per_node=gpus_per_node, links=links, pipeline_run=pipeline_run,
+        deadline_s=max(1, round(deadline_hours * 3600)),
     )
     start = time.time()
     name = submit(req, namespace=namespace or None)

@@ -40,11 +40,11 @@ WRITTEN_AT = "llm_asr_written_at"
 
 def grid_overrides(overrides: list[str], stride_ms: int = 0, lora_rank: int = -1) -> list[str]:
     """The pipeline's overrides plus one ablation grid point (0 / -1 = keep the config's value).
-    A stride point uses the paper's `linear` projector: the stride means nothing to the default
-    profile's `ctc_words`, whose rate is the CTC's words."""
+    A grid point keeps the profile's own recipe (the default's token_ctc stacks frames at the
+    stride before its projection, as the paper's linear projector does)."""
     out = list(overrides)
     if stride_ms > 0:
-        out += [f"speech_llm.stride_ms={stride_ms}", "speech_llm.projector=linear"]
+        out.append(f"speech_llm.stride_ms={stride_ms}")
     if lora_rank >= 0:
         out.append(f"speech_llm.lora.rank={lora_rank}")
     return out

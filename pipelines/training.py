@@ -1,15 +1,18 @@
 """The training DAG as a Kubeflow pipeline: data -> features -> CTC -> speech-LLM -> evaluate -> register.
 
-Same stages as `dvc.yaml` (each component calls `llm_asr.stages.<stage>.run`). Profile
-and `--set` style overrides are pipeline parameters. `training_pipeline` runs stage two
-in one GPU pod; `training_distributed_pipeline` launches it as a Kubeflow Trainer
-TrainJob of N nodes x G GPUs (a compile-time choice: kfp.local cannot merge If/Else
-branches with dsl.OneOf, and the local run must be the same DAG).
+Same stages as `dvc.yaml` (each component calls `llm_asr.stages.<stage>.run`), with the
+same inputs (train_ctc reads the corpus for its LM text, as on DVC). Profile and `--set`
+style overrides are pipeline parameters. `training_pipeline` runs stage two in one GPU
+pod; `training_distributed_pipeline` launches it as a Kubeflow Trainer TrainJob of
+N nodes x G GPUs (a compile-time choice: kfp.local cannot merge If/Else branches with
+dsl.OneOf, and the local run must be the same DAG), inside a `dsl.ExitHandler` that
+deletes the run's TrainJobs when the run fails.
 Compile: `make compile`; run locally: `make pipeline-local`; submit: `pipelines/submit.py`.
 """
 
 from kfp import dsl
 
+from components.delete_failed_trainjobs import delete_failed_trainjobs
 from components.evaluate import evaluate
 from components.extract_features import extract_features
 from components.prepare_data import prepare_data
@@ -32,17 +35,21 @@ def shared_stages(profile: str, overrides: list) -> tuple[dsl.PipelineTask, dsl.
         cpu="8", memory="16Gi",
     )
     ctc = platform.on_gpu(
-        train_ctc(**common, manifests=data.outputs["manifests"], features=feats.outputs["features"])
+        train_ctc(
+            **common, corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
+            features=feats.outputs["features"],
+        )
     )
     return data, feats, ctc
 
 
-def evaluate_ctc(profile: str, overrides: list, data, feats, ctc) -> dsl.PipelineTask:
+def evaluate_ctc(profile: str, overrides: list, data, feats, ctc, no_lm: bool = False) -> dsl.PipelineTask:
+    """The CTC baseline with its n-gram LM, or without it (`no_lm`: the paper's LM-free comparison)."""
     task = evaluate(
         profile=profile, overrides=overrides, pipeline_run=PIPELINE_RUN, system="ctc",
         corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
-        features=feats.outputs["features"], ctc_model=ctc.outputs["ctc_model"],
-    ).set_display_name("evaluate-ctc")
+        features=feats.outputs["features"], ctc_model=ctc.outputs["ctc_model"], no_lm=no_lm,
+    ).set_display_name("evaluate-ctc-greedy" if no_lm else "evaluate-ctc")
     return platform.on_gpu(task)
 
 
@@ -50,6 +57,7 @@ def rest_of_dag(profile: str, overrides: list, data, feats, ctc, stage_two) -> N
     """CTC baseline evaluation, then evaluate the speech-LLM, merge the reports, register."""
     common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
     ctc_eval = evaluate_ctc(profile, overrides, data, feats, ctc)
+    greedy_eval = evaluate_ctc(profile, overrides, data, feats, ctc, no_lm=True)
     model = stage_two.outputs["speech_llm_model"]
     llm_eval = platform.on_gpu(
         evaluate(
@@ -58,7 +66,8 @@ def rest_of_dag(profile: str, overrides: list, data, feats, ctc, stage_two) -> N
         ).set_display_name("evaluate-speech-llm")
     )
     merged = platform.common(
-        report(**common, ctc_report=ctc_eval.outputs["report"], speech_llm_report=llm_eval.outputs["report"]),
+        report(**common, ctc_report=ctc_eval.outputs["report"], ctc_greedy_report=greedy_eval.outputs["report"],
+               speech_llm_report=llm_eval.outputs["report"]),
         cpu="1", memory="2Gi",
     )
     platform.uncached(
@@ -96,12 +105,17 @@ def training_distributed_pipeline(
     num_nodes: int = 2,
     gpus_per_node: int = 8,
     trainjob_namespace: str = "",
+    trainjob_deadline_hours: float = 72.0,
 ):
     common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
-    data, feats, ctc = shared_stages(profile, overrides)
-    launched = train_speech_llm_trainjob(
-        **common, **_stage_two_inputs(data, feats, ctc), num_nodes=num_nodes,
-        gpus_per_node=gpus_per_node, namespace=trainjob_namespace,
-    )
-    platform.uncached(platform.common(launched, cpu="1", memory="4Gi"))
-    rest_of_dag(profile, overrides, data, feats, ctc, launched)
+    cleanup = delete_failed_trainjobs(pipeline_run=PIPELINE_RUN, namespace=trainjob_namespace)
+    cleanup = platform.uncached(platform.common(cleanup, cpu="1", memory="1Gi")).set_display_name(
+        "delete-failed-trainjobs")
+    with dsl.ExitHandler(cleanup, name="training"):
+        data, feats, ctc = shared_stages(profile, overrides)
+        launched = train_speech_llm_trainjob(
+            **common, **_stage_two_inputs(data, feats, ctc), num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node, namespace=trainjob_namespace, deadline_hours=trainjob_deadline_hours,
+        )
+        platform.uncached(platform.common(launched, cpu="1", memory="4Gi"))
+        rest_of_dag(profile, overrides, data, feats, ctc, launched)

@@ -66,3 +66,21 @@ def test_every_param_dvc_tracks_is_in_params_yaml():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"dvc stage {name}: params.yaml lacks '{key}'"
                 node = node[part]
+
+
+def test_paper_profile_resolves_to_the_papers_recipe():
+    """Fathullah et al. (2023): 18 x 512 conformer over 80 ms frames, a 1547-piece subword CTC vocabulary,
+    3 frames stacked per 240 ms embedding, a linear projector into Llama-2-7B with LoRA r8, and the
+    LM-free CTC baseline. Checked on the resolved config, not the file: params.yaml fills the rest."""
+    cfg = load_config("paper")
+    tok, enc, lm, s2 = cfg.ctc.tokenizer, cfg.ctc.encoder, cfg.ctc.lm, cfg.speech_llm
+    assert (tok.model_type, tok.vocab_size) == ("unigram", 1547)
+    assert (enc.d_model, enc.num_layers, enc.num_heads, enc.ffn_dim) == (512, 18, 8, 2048)
+    assert enc.subsampling_channels == 0  # full width: the subsampling conv has d_model channels
+    frame_ms = cfg.features.frame_shift_ms * enc.subsampling
+    assert frame_ms == 80 and s2.stride_ms == 240 and s2.stride_ms // frame_ms == 3
+    assert (lm.weight, lm.text) == (0.0, "train")  # no LM; and no lm_text.txt needed for real MLS
+    assert cfg.data.source == "mls"
+    assert s2.projector == "linear" and not s2.freeze_encoder
+    assert (s2.llm.source, s2.llm.name_or_path) == ("hub", "meta-llama/Llama-2-7b-hf")
+    assert (s2.lora.rank, s2.lora.alpha) == (8, 16.0)

@@ -62,6 +62,13 @@ def prepare_data(profile: ProfileOpt = None, set_: SetOpt = None, workdir: Workd
     _print_result(_run_stage("prepare_data", cfg, paths))
 
 
+@app.command("prepare-ood")
+def prepare_ood(profile: ProfileOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = None) -> None:
+    """Out-of-domain test set (Debian handbook sentences, test voices) in MLS layout under data/ood."""
+    cfg, paths = _load(profile, set_, workdir)
+    _print_result(_run_stage("prepare_ood", cfg, paths))
+
+
 @app.command("extract-features")
 def extract_features(profile: ProfileOpt = None, set_: SetOpt = None, workdir: WorkdirOpt = None) -> None:
     """80-d log-mel fbank for every cut, plus global CMVN stats."""

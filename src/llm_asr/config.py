@@ -47,11 +47,19 @@ class MlsConfig(_Section):
     sha256: dict[Language, str] = {}  # expected archive checksums; empty: size check only
 
 
+class OodConfig(_Section):
+    """The out-of-domain test set (stage prepare_ood): another text source, the test voices."""
+
+    source: Literal["debian-handbook"] = "debian-handbook"  # data/text.py HANDBOOK_*
+    per_language: int = Field(200, ge=1)
+
+
 class DataConfig(_Section):
     source: Literal["synthetic", "mls"] = "synthetic"
     languages: tuple[Language, ...] = LANGUAGES
     synthetic: SyntheticConfig = SyntheticConfig()
     mls: MlsConfig = MlsConfig()
+    ood: OodConfig = OodConfig()
     num_workers: int = Field(0, ge=0)  # 0 = all cores
     # longer utterances are skipped (and counted) by the corpus reader: MLS utterances are 10-20 s,
     # and a long one would blow up batching and attention memory; `transcribe` handles long audio
@@ -163,9 +171,38 @@ class LoraConfig(_Section):
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+class TokenCtcConfig(_Section):
+    """The `token_ctc` projector (models/projector.TokenCtcProjector): stacked frames -> a small
+    conformer -> CTC posteriors over the LLM's own tokens, scored against its frozen embedding table;
+    the LLM reads each kept frame's posterior-weighted mix of those embeddings (+ a learned residual)."""
+
+    d_model: int = Field(256, ge=8)
+    num_layers: int = Field(2, ge=0)
+    num_heads: int = Field(4, ge=1)
+    kernel_size: int = Field(15, ge=3)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # CTC compression: drop blank-argmax frames and merge runs of the same token, so the LLM reads about
+    # one position per token spoken; off = every stacked frame (the paper's layout: length = audio / stride)
+    compress: bool = True
+
+
+class AlignConfig(_Section):
+    """Alignment pretraining of the projector before the LLM runs: token-CTC over the LLM's vocabulary on
+    the frozen encoder's (cached) frames, no LLM forward (token_ctc only)."""
+
+    enabled: bool = False
+    train: TrainConfig = TrainConfig(max_steps=2000, lr=2e-3, max_duration_s=200.0, warmup_steps=100,
+                                     valid_every=500, checkpoint_every=500, log_every=50, precision="fp32")
+    # the same token-CTC loss kept on during stage two (x this weight), so the LLM loss cannot pull
+    # the posteriors away from the tokens they stand for
+    aux_weight: float = Field(0.0, ge=0)
+
+
 class SpeechLlmConfig(_Section):
     stride_ms: int = Field(160, ge=40, multiple_of=40)
-    projector: Literal["linear", "ctc_mix", "ctc_words"] = "linear"
+    projector: Literal["linear", "token_ctc", "ctc_mix", "ctc_words"] = "linear"
+    token_ctc: TokenCtcConfig = TokenCtcConfig()
+    align: AlignConfig = AlignConfig()
     ctc_mix_merge_space: bool = False  # ctc_mix over characters: word-initial " x" embeddings, no boundary slots
     # ctc_words reads the CTC baseline's LM beam-search words (ctc.lm, its lm.arpa + lexicon.txt are
     # copied into the model directory) instead of the greedy words; off when ctc.lm.weight is 0

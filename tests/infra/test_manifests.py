@@ -17,7 +17,7 @@ API = {
     "PersistentVolumeClaim": "v1", "Secret": "v1", "Service": "v1", "Deployment": "apps/v1",
     "StatefulSet": "apps/v1", "Role": "rbac.authorization.k8s.io/v1", "RoleBinding": "rbac.authorization.k8s.io/v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1", "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
-    "ClusterTrainingRuntime": "trainer.kubeflow.org/v1alpha1",
+    "TrainingRuntime": "trainer.kubeflow.org/v1alpha1",
 }
 PLACEHOLDER = re.compile(r"^(REPLACE_ME.*|https?://[\w.-]+(:\d+)?/?|s3://REPLACE_ME[\w/-]*|mlflow)$")
 
@@ -35,7 +35,7 @@ def _pod_specs() -> list[tuple[str, dict]]:
     for d in _all_docs():
         if d["kind"] in ("Deployment", "StatefulSet"):
             out.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
-        elif d["kind"] == "ClusterTrainingRuntime":
+        elif d["kind"] == "TrainingRuntime":
             for job in d["spec"]["template"]["spec"]["replicatedJobs"]:
                 out.append((job["name"], job["template"]["spec"]["template"]["spec"]))
     return out
@@ -123,22 +123,41 @@ def test_rbac_lets_the_pipeline_runner_create_trainjobs():
         if any(s["kind"] == "ServiceAccount" and s["name"] == "default-editor" for s in b["subjects"]):
             for rule in roles[b["roleRef"]["name"]]["rules"]:
                 granted |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    for verb in ("create", "get", "watch"):
+    for verb in ("create", "get", "watch", "list", "delete"):  # list + delete: the exit handler's cleanup
         assert ("trainer.kubeflow.org", "trainjobs", verb) in granted
-    assert ("trainer.kubeflow.org", "clustertrainingruntimes", "get") in granted
+    assert ("trainer.kubeflow.org", "trainingruntimes", "get") in granted
 
 
-def test_training_runtime_is_torch_distributed_on_the_project_image():
+def test_nothing_is_cluster_scoped():
+    """One profile namespace holds everything: no tenant overwrites another's cluster objects."""
+    assert [p.parent.name for p in KUSTOMIZATIONS] == ["base"]
+    assert not [d["kind"] for d in _all_docs() if d["kind"].startswith("Cluster")]
+
+
+def test_training_runtime_is_project_owned_torch_on_the_project_image():
     from components import PROJECT_IMAGE
+    from components.trainjob import RUNTIME, RUNTIME_MANIFEST
 
-    (rt,) = [d for d in _all_docs() if d["kind"] == "ClusterTrainingRuntime"]
-    assert rt["metadata"]["name"] == "torch-distributed"
+    (rt,) = [d for d in _all_docs() if d["kind"] == "TrainingRuntime"]
+    assert _docs(RUNTIME_MANIFEST) == [rt]
+    assert rt["metadata"]["name"] == RUNTIME and RUNTIME != "torch-distributed"  # not the upstream's name
     assert rt["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
-    assert "torch" in rt["spec"]["mlPolicy"]
+    assert rt["spec"]["mlPolicy"]["torch"] == {}  # v2.3: processes per node follow the GPUs (TrainJob's)
     (job,) = rt["spec"]["template"]["spec"]["replicatedJobs"]
     assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     (node,) = job["template"]["spec"]["template"]["spec"]["containers"]
     assert node["name"] == "node" and node["image"] == PROJECT_IMAGE
+
+
+def test_training_runtime_reads_the_pipelines_secrets():
+    """The env every pipeline task gets from Secrets (pipelines/platform.py); the runtime is where it can go."""
+    from pipelines import platform
+
+    (rt,) = [d for d in _all_docs() if d["kind"] == "TrainingRuntime"]
+    (node,) = rt["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in node["env"]}
+    assert env == {var: {"name": secret, "key": key}
+                   for secret, keys in platform.SECRETS.items() for key, var in keys.items()}
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cpu", "Dockerfile.mlflow"])

@@ -126,12 +126,48 @@ def test_distributed_training_launches_stage_two_as_a_trainjob_from_a_cpu_pod(co
     assert "accelerator" not in launcher["resources"].struct_value.fields
     assert not executors["exec-train-speech-llm-trainjob"].node_selector.labels
     params = spec.root.input_definitions.parameters
-    assert {"num_nodes", "gpus_per_node"} <= set(params)
-    tasks = spec.root.dag.tasks
+    assert {"num_nodes", "gpus_per_node", "trainjob_deadline_hours"} <= set(params)
+    tasks = _all_tasks(spec)
     assert not tasks["train-speech-llm-trainjob"].caching_options.enable_cache
+    assert "deadline_hours" in tasks["train-speech-llm-trainjob"].inputs.parameters
 
 
-def test_a_stride_grid_point_uses_the_linear_projector_it_ablates():
-    assert grid_overrides(["seed=1"], 240, 8) == [
-        "seed=1", "speech_llm.stride_ms=240", "speech_llm.projector=linear", "speech_llm.lora.rank=8"]
+def test_a_failed_distributed_run_deletes_its_trainjobs_on_exit(compiled):
+    """Every task runs inside one dsl.ExitHandler; its exit task runs whatever the outcome."""
+    spec, executors = compiled["training-distributed"]
+    root = spec.root.dag.tasks
+    assert set(root) == {"exit-handler-1", "delete-failed-trainjobs"}
+    cleanup = root["delete-failed-trainjobs"]
+    assert list(cleanup.dependent_tasks) == ["exit-handler-1"]
+    policy = pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy
+    assert cleanup.trigger_policy.strategy == policy.ALL_UPSTREAM_TASKS_COMPLETED
+    assert not cleanup.caching_options.enable_cache
+    assert "status" in spec.components["comp-delete-failed-trainjobs"].input_definitions.parameters
+    inside = spec.components[root["exit-handler-1"].component_ref.name].dag.tasks
+    assert "train-speech-llm-trainjob" in inside and "register" in inside
+    assert not executors["exec-delete-failed-trainjobs"].node_selector.labels  # a CPU pod
+
+
+def _all_tasks(spec) -> dict:
+    """Tasks of the root DAG and of every sub-DAG (exit handlers, loops), by name."""
+    out = dict(spec.root.dag.tasks)
+    for comp in spec.components.values():
+        if comp.HasField("dag"):
+            out.update(comp.dag.tasks)
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_ctc_pretraining_reads_the_corpus_as_on_dvc(compiled, name):
+    """train_ctc's LM text (mls_<language>/lm_text.txt) comes from prepare-data's corpus, as dvc.yaml's deps say."""
+    spec, _ = compiled[name]
+    artifacts = _all_tasks(spec)["train-ctc"].inputs.artifacts
+    assert artifacts["corpus"].task_output_artifact.producer_task == "prepare-data"
+    assert artifacts["corpus"].task_output_artifact.output_artifact_key == "corpus"
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_ctc"]
+    assert any(str(d).startswith("data/corpus") for d in dvc["deps"])
+
+
+def test_a_grid_point_keeps_the_profiles_recipe():
+    assert grid_overrides(["seed=1"], 240, 8) == ["seed=1", "speech_llm.stride_ms=240", "speech_llm.lora.rank=8"]
     assert grid_overrides(["seed=1"]) == ["seed=1"]  # no grid point: the profile's own projector

@@ -66,7 +66,8 @@ def test_dvc_experiment_grid_lists_wer_per_experiment(tmp_path):
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "micro params", cwd=repo, env=env)
     start = time.time()
-    sh("dvc", "repro", "evaluate_ctc", cwd=repo, env=env, timeout=900)  # the shared stages, once
+    sh("dvc", "repro", "evaluate@ctc", "evaluate@ctc_greedy", "evaluate@ctc_ood", "evaluate@ctc_greedy_ood", cwd=repo,
+       env=env, timeout=900)  # the shared stages, once
     sh("git", "add", "-A", cwd=repo, env=env)
     sh("git", "commit", "-qm", "shared stages", cwd=repo, env=env)
 

@@ -2,6 +2,8 @@
 
 Kubeflow Trainer's torch plugin passes the topology to torchrun as PET_* variables; we
 set them for one node of 2 processes and run the exact command from the TrainJob spec.
+Only rank 0 may open the MLflow run and write the model directory: N x G ranks must not
+leave N x G runs, nor delete and rewrite the shared model directory at once.
 """
 
 import json
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from components.trainjob import TrainJobRequest, manifest
@@ -32,8 +35,10 @@ def test_trainjob_command_trains_stage_two_with_ddp_on_gloo(micro_ctc, tmp_path)
     (script,) = [c for c in manifest(req)["spec"]["trainer"]["command"] if "torchrun" in c]
     node = tmp_path / "node"  # the node's working directory, where the SDK writes trainjob.py
     node.mkdir()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_STANDALONE": "1", "OMP_NUM_THREADS": "1"}
+           "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_STANDALONE": "1", "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": store}
     proc = subprocess.run(["bash", "-c", script], cwd=node, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
@@ -41,3 +46,8 @@ def test_trainjob_command_trains_stage_two_with_ddp_on_gloo(micro_ctc, tmp_path)
     assert (node / "trainjob.py").is_file()
     assert moved.is_symlink() and moved.resolve() == (micro.workdir / "data").resolve()
     assert any(work.speech_llm_model.iterdir())
+    assert (work.speech_llm_model / "train_summary.json").is_file()
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags.get("stage") for r in runs if r.data.tags.get("stage") == "train_speech_llm"] == [
+        "train_speech_llm"], "every rank opened its own MLflow run: only rank 0 may"

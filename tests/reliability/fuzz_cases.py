@@ -1,7 +1,10 @@
 """A generator of malformed inputs: audio files and transcript lines, written into an MLS-layout dir.
 
 `AUDIO_CASES` are (name, writer) pairs: `writer(path)` writes one (usually broken) audio
-file. `TRANSCRIPT_CASES` are (name, builder) pairs: `builder(split_dir, uid)` returns raw
+file. `SERVING_CASES` (same shape) attack the scoring server: headers that promise hours
+(a decompression bomb), rates no recorder produces, too many channels; the server must
+refuse each from its header, before decoding. `PATH_CASES` are file paths a request
+might name. `TRANSCRIPT_CASES` are (name, builder) pairs: `builder(split_dir, uid)` returns raw
 transcript lines (bytes) and may write audio. `write_fuzz_corpus(root)` lays every case into
 `mls_german/test` beside good utterances (and clean train/dev splits), and returns the
 expected inputs so a test can check `inputs == processed + skipped` per stage.
@@ -114,12 +117,41 @@ AUDIO_CASES: list[tuple[str, Callable[[Path], None]]] = [
     ("riff-garbage", _bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))),
     ("directory-named-flac", _dir),
 ]
+
+
+def _flac_claiming(total_samples: int, seconds: float = 1.0) -> bytes:
+    """A small FLAC whose STREAMINFO claims TOTAL_SAMPLES (0 = unknown length, as streams may)."""
+    data = bytearray(flac_bytes(tone(seconds)))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0, "STREAMINFO must be the first metadata block"
+    # STREAMINFO body from byte 8: block sizes (4 bytes), frame sizes (6), then 64 bits of
+    # sample rate (20) | channels - 1 (3) | bits per sample - 1 (5) | total samples (36)
+    off = 8 + 10
+    packed = int.from_bytes(data[off:off + 8], "big")
+    packed = (packed & ~((1 << 36) - 1)) | total_samples
+    data[off:off + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+SERVING_CASES: list[tuple[str, Callable[[Path], None]]] = [
+    ("flac-header-claims-10-hours", _bytes(_flac_claiming(SR * 36000))),  # 1 s of data, ~30 KB
+    ("flac-unknown-length", _bytes(_flac_claiming(0))),  # libsndfile: frames = 2**63 - 1
+    ("rate-44101", _bytes(flac_bytes(tone(0.5, sr=44101), sr=44101))),  # a 16000/44101 resampling filter
+    ("rate-192000", _bytes(flac_bytes(tone(0.5, sr=192000), sr=192000))),
+    ("rate-1000", _bytes(flac_bytes(tone(0.5, sr=1000), sr=1000, fmt="WAV"))),
+    ("wav-32-channels", _bytes(flac_bytes(tone(0.5, channels=32), fmt="WAV"))),
+]
+PATH_CASES = ["/etc/passwd", "/proc/self/environ", "../../mlflow.db", "file:///etc/passwd", "~/.ssh/id_rsa",
+              "\\\\fileserver\\share\\clip.flac", "/dev/zero"]
+
 # what the strict corpus reader (prepare-data, evaluate) must accept: valid 16 kHz mono audio
 CORPUS_OK = {"pcm-24bit", "pcm-8bit", "wav-named-flac", "ogg-named-flac", "digital-silence",
              "clipping-float-wav"}
 # what the lenient inference loader (transcribe, served model) accepts on top: other rates, channels
 INFERENCE_OK = CORPUS_OK | {"rate-8000", "rate-22050", "rate-44100", "rate-48000", "stereo", "six-channels",
                             "one-hour"}
+# what the served model answers with text: the hour is beyond tracking.max_audio_s (from its header),
+# and no SERVING_CASES case
+SERVED_OK = INFERENCE_OK - {"one-hour"}
 
 
 def _audio(split_dir: Path, uid: str, wave: np.ndarray | None = None) -> None:

@@ -9,6 +9,7 @@ import http.server
 import json
 import tarfile
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,6 +24,9 @@ from tests.reliability.fuzz_cases import (
     CORPUS_OK,
     INFERENCE_OK,
     LANG,
+    PATH_CASES,
+    SERVED_OK,
+    SERVING_CASES,
     TRANSCRIPT_CASES,
     write_fuzz_corpus,
 )
@@ -133,10 +137,10 @@ def test_evaluate_on_the_fuzz_dir_counts_every_utterance(fuzz_run, micro_speech_
                     "nul-and-control-chars", "upper-case-and-digits", "emoji-and-rtl", "crlf-line-end"))
 
 
-def _audio_files(root) -> dict[str, str]:
+def _audio_files(root, cases=AUDIO_CASES) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, write in AUDIO_CASES:
+    for name, write in cases:
         path = root / f"{name}.flac"
         write(path)
         files[name] = str(path)
@@ -164,7 +168,8 @@ def test_transcribe_every_audio_case(micro_ctc, tmp_path):
 
 
 def test_served_model_answers_every_audio_case_with_text_or_a_400(micro_registry, tmp_path, monkeypatch):
-    """The registered pyfunc in served mode: text for usable audio, HTTP-400 errors for the rest."""
+    """The registered pyfunc in served mode: text for usable audio, HTTP-400 errors for the rest,
+    including the server's own hazards (header bombs, odd rates, many channels) and every file path."""
     import mlflow
 
     from llm_asr.serving import SERVING_ENV
@@ -173,19 +178,20 @@ def test_served_model_answers_every_audio_case_with_text_or_a_400(micro_registry
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model}@champion")
     monkeypatch.setenv(SERVING_ENV, "true")
-    files = _audio_files(tmp_path / "audio")
+    files = {**_audio_files(tmp_path / "audio"), **_audio_files(tmp_path / "serving", SERVING_CASES)}
     answered = rejected = 0
     for name, path in files.items():
-        data = open(path, "rb").read() if not (tmp_path / "audio" / f"{name}.flac").is_dir() else b""
+        data = open(path, "rb").read() if not Path(path).is_dir() else b""
         try:
             out = model.predict(pd.DataFrame({"audio": [data]}))
             assert isinstance(out["text"][0], str)
             answered += 1
-            assert name in INFERENCE_OK - {"one-hour"}, name
+            assert name in SERVED_OK, name
         except MlflowException as e:
             assert e.get_http_status_code() == 400 and str(e), name
             rejected += 1
-            assert name not in INFERENCE_OK - {"one-hour"}, (name, str(e))
-    assert answered + rejected == len(AUDIO_CASES)
-    with pytest.raises(MlflowException, match="file paths are not accepted"):
-        model.predict(pd.DataFrame({"path": [str(paths.workdir / "mlflow.db")]}))
+            assert name not in SERVED_OK, (name, str(e))
+    assert answered + rejected == len(AUDIO_CASES) + len(SERVING_CASES)
+    for path in [str(paths.workdir / "mlflow.db"), files["stereo"], *PATH_CASES]:
+        with pytest.raises(MlflowException, match="file paths are not accepted"):
+            model.predict(pd.DataFrame({"path": [path]}))

@@ -129,3 +129,61 @@ def test_ctc_words_residual_is_the_mean_encoder_state_of_the_word() -> None:
     assert lens.tolist() == [3]
     torch.testing.assert_close(emb[0, 0, :3], enc[0, :2].mean(0))
     torch.testing.assert_close(emb[0, 2, :3], enc[0, 2:4].mean(0))
+
+
+def _token_ctc(compress: bool = True, layers: int = 1):
+    from llm_asr.config import TokenCtcConfig
+    from llm_asr.models.projector import TokenCtcProjector
+
+    torch.manual_seed(0)
+    table = torch.randn(6, 16)  # 6 LLM tokens, hidden 16
+    tcfg = TokenCtcConfig(d_model=8, num_layers=layers, num_heads=2, kernel_size=3, dropout=0.0, compress=compress)
+    return TokenCtcProjector(enc_dim=4, llm_dim=16, stride_ms=80, frame_ms=40, token_ids=torch.arange(10, 16),
+                             table=table, tcfg=tcfg), table
+
+
+def test_token_ctc_compresses_to_the_argmax_tokens() -> None:
+    """Blank-argmax frames are dropped and runs merged; at init (residual zero) each kept position is the
+    posterior mix of the LLM's own embeddings, so it lies in the span of the table."""
+    proj, table = _token_ctc()
+    enc, lens = torch.randn(2, 11, 4), torch.tensor([11, 5])
+    emb, emb_lens, logits, logit_lens = proj.forward_all(enc, lens)
+    assert logits.shape == (2, 6, 7) and logit_lens.tolist() == [6, 3]  # ceil(T / 2) stacked frames, 1 + K
+    best = logits.argmax(-1)
+    for i in range(2):
+        row = best[i, : int(logit_lens[i])].tolist()
+        runs = [c for j, c in enumerate(row) if c != 0 and (j == 0 or c != row[j - 1])]
+        assert int(emb_lens[i]) == max(len(runs), 1)
+    post = logits.softmax(-1)[0, :, 1:]
+    mix = (post / post.sum(-1, keepdim=True)) @ table  # [N, H]
+    kept = [j for j, c in enumerate(best[0].tolist()) if c != 0]
+    if kept and len(kept) == int(emb_lens[0]):  # no merged run: each position is one frame's mix
+        torch.testing.assert_close(emb[0, : len(kept)], mix[kept], atol=1e-5, rtol=0)
+
+
+def test_token_ctc_is_differentiable_and_uncompressed_keeps_every_frame() -> None:
+    proj, _ = _token_ctc(compress=False)
+    enc = torch.randn(2, 12, 4, requires_grad=True)
+    emb, lens = proj(enc, torch.tensor([12, 7]))
+    assert emb.shape == (2, 6, 16) and lens.tolist() == [6, 4]
+    assert emb[1, 4:].abs().max() == 0  # padding stays zero
+    emb.sum().backward()
+    assert enc.grad is not None and enc.grad.abs().sum() > 0  # the LLM input is a differentiable function of the frames
+    assert proj.inp.weight.grad.abs().sum() > 0 and proj.query.weight.grad.abs().sum() > 0
+
+
+def test_token_vocab_and_targets_cover_the_train_text() -> None:
+    from llm_asr.models.align_task import TokenTargets
+    from llm_asr.models.projector import llm_token_vocab
+
+    from llm_asr.config import LlmConfig
+    from llm_asr.models.llm import _smollm2_tokenizer
+
+    tok = _smollm2_tokenizer(LlmConfig().name_or_path)
+    ids = llm_token_vocab(["the dialog box", "click save"], tok)
+    targets = TokenTargets(torch.tensor(ids), tok)
+    assert all(c > 0 for t in ("the dialog box", "click save") for c in targets.encode(t)) and targets.unknown == 0
+    assert targets.encode("the xylophone") and targets.unknown > 0  # unseen tokens: counted and dropped
+    texts = targets.greedy_text(torch.nn.functional.one_hot(torch.tensor([[0] + targets.encode("click save")]),
+                                                             len(ids) + 1).float(), torch.tensor([3]))
+    assert texts == ["click save"]

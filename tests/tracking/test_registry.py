@@ -1,4 +1,5 @@
-"""The registry with the micro speech-LLM: round trip by alias, lineage tags, the champion gate both ways."""
+"""The registry with the micro speech-LLM: round trip by alias, lineage tags, and the champion gate
+(the same run's CTC, then the champion, compared only on the same split, profile, data and a full set)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ def test_champion_round_trip_transcribes_test_audio(micro_registry):
     from llm_asr.data.audio import load_audio
 
     cfg, paths, reg = micro_registry
-    assert (reg["version"], reg["alias"], reg["champion_version"]) == (1, "champion", None)
-    assert json.loads((paths.reports / "registration.json").read_text()) == reg
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/llm-asr@champion")
     clips = test_clips(paths)
@@ -63,6 +62,30 @@ def test_models_uri_resolves_to_the_packaged_model_dir(micro_registry):
     assert isinstance(text[0], str)
 
 
+def _report(paths: Paths, system: str) -> dict:
+    return json.loads((paths.reports / system / "metrics.json").read_text())
+
+
+def test_the_micro_run_is_gated_on_its_own_measurements(micro_registry):
+    import mlflow
+
+    cfg, paths, reg = micro_registry
+    llm, ctc = _report(paths, "speech_llm"), _report(paths, "ctc")
+    assert (reg["version"], reg["champion_version"]) == (1, None)
+    assert (reg["test_wer"], reg["ctc_wer"]) == (llm["average_wer"], ctc["average_wer"])
+    assert (reg["split"], reg["skipped"]) == ("test", str(llm["skipped"]))
+    assert reg["data_sha"] == register.split_data_sha(paths, "test") != "none"
+    if llm["average_wer"] < ctc["average_wer"]:
+        assert reg["alias"] == "champion" and "no champion yet" in reg["reason"]
+    else:
+        assert reg["alias"] == "challenger"
+        assert reg["reason"] == (f"speech-llm {llm['average_wer']:.2f}% does not beat the same run's ctc "
+                                 f"{ctc['average_wer']:.2f}%; stays challenger")
+    assert json.loads((paths.reports / "registration.json").read_text()) == reg
+    mv = mlflow.MlflowClient(tracking_uri=cfg.tracking.tracking_uri).get_model_version("llm-asr", "1")
+    assert mv.tags["gate_reason"] == reg["reason"]
+
+
 def test_version_tags_carry_the_lineage(micro_registry):
     import mlflow
 
@@ -70,77 +93,159 @@ def test_version_tags_carry_the_lineage(micro_registry):
     client = mlflow.MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
     mv = client.get_model_version("llm-asr", str(reg["version"]))
     run_tags = client.get_run(mv.run_id).data.tags  # the registering run's
-    for key in ("git_sha", "dvc_lock_sha", "data_hash", "config_digest"):
+    for key in ("git_sha", "dvc_lock_sha", "data_hash", "config_digest", "profile"):
         assert mv.tags[key] == run_tags[key]
     assert len(mv.tags["git_sha"]) == 40 and mv.tags["data_hash"] == tracking.data_hash(paths)
     assert json.loads(mv.tags["params"]) == json.loads(json.dumps(cfg.flat()))
-    wer = json.loads((paths.reports / "speech_llm" / "metrics.json").read_text())["average_wer"]
-    assert float(mv.tags["test_wer"]) == pytest.approx(wer, abs=1e-3)
-    assert mv.run_id == reg["run_id"] and "first version" in mv.tags["registration"]
+    llm, ctc = _report(paths, "speech_llm"), _report(paths, "ctc")
+    assert float(mv.tags["test_wer"]) == pytest.approx(llm["average_wer"], abs=1e-3)
+    assert float(mv.tags["ctc_wer"]) == pytest.approx(ctc["average_wer"], abs=1e-3)
+    utterances = sum(m["utterances"] for m in llm["languages"].values())
+    assert {k: mv.tags[k] for k in ("split", "max_utterances_per_language", "skipped", "test_utterances",
+                                    "data_sha", "test_wer_source")} == {
+        "split": "test", "max_utterances_per_language": "0", "skipped": str(llm["skipped"]),
+        "test_utterances": str(utterances), "data_sha": reg["data_sha"],
+        "test_wer_source": "reports/speech_llm/metrics.json",  # no reports/metrics.json: the per-system files
+    }
+    assert mv.run_id == reg["run_id"]
 
 
-def _set_wer(paths: Paths, wer: float) -> None:
-    out = paths.reports / "speech_llm" / "metrics.json"
-    data = json.loads(out.read_text())
-    out.write_text(json.dumps({**data, "average_wer": wer}))
+def _write_metrics(paths: Paths, llm: dict, ctc: dict, llm_wer: float, ctc_wer: float) -> None:
+    """reports/metrics.json as `llm-asr report` merges it, the real micro JSONs with the given WERs."""
+    merged = {"ctc": {**ctc, "average_wer": ctc_wer}, "speech-llm": {**llm, "average_wer": llm_wer},
+              "test_ood": {"speech-llm": {**llm, "average_wer": 1.0}}}  # other entries do not count
+    (paths.reports / "metrics.json").write_text(json.dumps(merged))
 
 
-def test_champion_moves_only_for_a_lower_test_wer(micro_registry, empty_mlflow_db, tmp_path):
+def test_champion_moves_only_past_the_same_runs_ctc_and_the_champion(micro_registry, empty_mlflow_db,
+                                                                     tmp_path):
     import shutil
 
     import mlflow
 
     base_cfg, base, _ = micro_registry
+    llm, ctc = _report(base, "speech_llm"), _report(base, "ctc")
     paths = Paths.at(workdir_sharing_models(base.workdir, tmp_path / "work"))
-    (paths.reports / "speech_llm").mkdir(parents=True)
-    metrics = Path("speech_llm") / "metrics.json"
-    shutil.copyfile(base.reports / metrics, paths.reports / metrics)
+    paths.reports.mkdir()
     shutil.copyfile(empty_mlflow_db, tmp_path / "mlflow.db")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [f"tracking.tracking_uri={store}", "tracking.registered_model=llm-asr-gate"]
     cfg = load_config("micro", sets)
 
-    _set_wer(paths, 50.0)
+    _write_metrics(paths, llm, ctc, 50.0, 60.0)
     first = register.run(cfg, paths)
     assert (first["version"], first["alias"]) == (1, "champion")
+    assert first["reason"] == "speech-llm 50.00% beats the same run's ctc 60.00%; no champion yet"
 
-    _set_wer(paths, 55.0)  # worse: through the CLI, which must say why
+    _write_metrics(paths, llm, ctc, 65.0, 60.0)  # worse than its own ctc: through the CLI, which must say why
     args = ["register", "--profile", "micro", "--workdir", str(paths.workdir)]
     args += [arg for s in sets for arg in ("--set", s)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    assert "does not beat champion v1's 50.00%" in out.output
+    assert "does not beat the same run's ctc 60.00%" in " ".join(out.output.split())
     second = json.loads((paths.reports / "registration.json").read_text())
     assert (second["version"], second["alias"], second["champion_wer"]) == (2, "challenger", 50.0)
 
-    _set_wer(paths, 42.0)  # better
+    _write_metrics(paths, llm, ctc, 42.0, 60.0)  # better than both
     third = register.run(cfg, paths)
     assert (third["version"], third["alias"]) == (3, "champion")
-    assert "beats champion v1's 50.00%" in third["reason"]
+    assert third["reason"] == "speech-llm 42.00% beats the same run's ctc 60.00% and champion v1's 50.00%"
     client = mlflow.MlflowClient(tracking_uri=store)
     assert int(client.get_model_version_by_alias("llm-asr-gate", "champion").version) == 3
-    assert int(client.get_model_version_by_alias("llm-asr-gate", "challenger").version) == 2
+    challenger = client.get_model_version_by_alias("llm-asr-gate", "challenger")
+    assert (challenger.version, challenger.tags["gate_reason"]) == ("2", second["reason"])
+    assert challenger.tags["test_wer_source"] == "reports/metrics.json"
     assert base_cfg.tracking.registered_model == "llm-asr"  # the shared registry was not touched
 
 
-def _version(wer: str | None, data_hash: str = "d1"):
-    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+def _evaluation(system: str, wer: float, split: str = "test", per_language: int = 3, **extra) -> dict:
+    """An evaluate-stage JSON (the shape `llm_asr.stages.evaluate.run` writes) with average WER `wer`."""
+    langs = {lang: {"wer": wer, "cer": wer / 3, "utterances": per_language} for lang in ("german", "polish")}
+    return {"system": system, "model": f"models/{system}", "average_wer": wer, "languages": langs,
+            "split": split, "data_dir": "data/corpus", "skipped": 0, "decoding": "greedy", **extra}
 
-    tags = {"data_hash": data_hash, **({"test_wer": wer} if wer is not None else {})}
-    return ModelVersion("llm-asr", "7", 0, tags=[ModelVersionTag(k, v) for k, v in tags.items()])
+
+@pytest.fixture
+def gate_store(mlflow_store, tmp_path):
+    """A workdir with test manifests, and a registered model with no version yet, in a real store."""
+    import mlflow
+
+    paths = Paths.at(tmp_path / "work")
+    paths.manifests.mkdir(parents=True)
+    (paths.manifests / "cuts_test.jsonl.gz").write_bytes(b"the test cuts")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("llm-asr-gate")
+    return paths, client
+
+
+def _candidate(paths: Paths, llm: dict, ctc: dict | None, sets: tuple[str, ...] = ()) -> dict[str, str]:
+    cfg = load_config("micro", list(sets))
+    return {**register.lineage_tags(cfg, paths, "reports/metrics.json"),
+            **register.evaluation_tags(cfg, paths, llm, ctc)}
+
+
+def _champion(client, paths: Paths, wer: float, **differs: str | None):
+    """Version 1, aliased champion: a version the gate accepted at `wer`, but for the tags in DIFFERS
+    (None: the tag is missing, as on a version registered before the gate)."""
+    tags = {**_candidate(paths, _evaluation("speech-llm", wer), _evaluation("ctc", 90.0)), **differs}
+    tags = {k: v for k, v in tags.items() if v is not None}
+    version = client.create_model_version("llm-asr-gate", "runs:/0/model", tags=tags)
+    client.set_registered_model_alias("llm-asr-gate", "champion", version.version)
+    return register._current_champion(client, "llm-asr-gate", "champion")
+
+
+LLM, CTC = _evaluation("speech-llm", 20.0), _evaluation("ctc", 30.0)
+CHAMPION = (25.0, {})  # (its test WER, its tags that differ from the new version's)
 
 
 @pytest.mark.parametrize(
-    "wer, champion, alias, says",
+    "llm, ctc, champion, sets, alias, says",
     [
-        (30.0, None, "champion", "no champion yet"),
-        (30.0, _version("31.0"), "champion", "beats champion v7's 31.00%"),
-        (31.0, _version("31.0"), "challenger", "does not beat champion v7's 31.00%"),  # a tie keeps it
-        (32.0, _version("31.0"), "challenger", "does not beat"),
-        (30.0, _version(None), "champion", "has no test_wer tag"),
-        (30.0, _version("31.0", "other"), "champion", "evaluated on different data"),
+        pytest.param(LLM, CTC, None, (), "champion",
+                     "speech-llm 20.00% beats the same run's ctc 30.00%; no champion yet", id="first"),
+        pytest.param(LLM, CTC, CHAMPION, (), "champion",
+                     "speech-llm 20.00% beats the same run's ctc 30.00% and champion v1's 25.00%",
+                     id="accept"),
+        pytest.param(_evaluation("speech-llm", 35.0), CTC, None, (), "challenger",
+                     "speech-llm 35.00% does not beat the same run's ctc 30.00%; stays challenger",
+                     id="worse-than-same-run-ctc"),
+        pytest.param(_evaluation("speech-llm", 30.0), CTC, CHAMPION, (), "challenger",
+                     "speech-llm 30.00% does not beat the same run's ctc 30.00%", id="ties-same-run-ctc"),
+        pytest.param(LLM, None, None, (), "challenger", "no ctc baseline", id="no-ctc-baseline"),
+        pytest.param(LLM, _evaluation("ctc", 30.0, per_language=2), None, (), "challenger",
+                     "ctc was scored on test (4 utterances), speech-llm on test (6)", id="ctc-on-a-subset"),
+        pytest.param(LLM, CTC, (18.0, {}), (), "challenger",
+                     "speech-llm 20.00% beats the same run's ctc but not champion v1's 18.00%; stays "
+                     "challenger",
+                     id="worse-than-champion"),
+        pytest.param(LLM, CTC, (20.0, {}), (), "challenger", "not champion v1's 20.00%", id="ties-champion"),
+        pytest.param(LLM, CTC, (25.0, {"split": "dev"}), (), "challenger",
+                     "champion v1 has split dev, this version test: their WERs are not comparable",
+                     id="different-split"),
+        pytest.param(LLM, CTC, (25.0, {"profile": "default"}), (), "challenger",
+                     "champion v1 has profile default, this version micro", id="different-profile"),
+        pytest.param(LLM, CTC, (25.0, {"data_sha": "0123456789abcdef"}), (), "challenger",
+                     "champion v1 has data_sha 0123456789abcdef, this version", id="different-data-hash"),
+        pytest.param(LLM, CTC, (25.0, {"split": None, "data_sha": None}), (), "challenger",
+                     "champion v1 has split (none), this version test", id="champion-from-before-the-gate"),
+        pytest.param(LLM, CTC, None, ("evaluate.max_utterances_per_language=1",), "challenger",
+                     "a subset (evaluate.max_utterances_per_language=1), not the full test split",
+                     id="subset-evaluation"),
+        pytest.param({k: v for k, v in LLM.items() if k != "skipped"}, CTC, None, (), "challenger",
+                     "do not record how many utterances were skipped", id="skipped-not-recorded"),
     ],
 )
-def test_the_gate_decides_on_test_wer(wer, champion, alias, says):
-    got, reason = register.decide(wer, champion, load_config("micro"), "d1")
-    assert got == alias and says in reason
+def test_the_gate_against_the_same_runs_ctc_and_the_champion(llm, ctc, champion, sets, alias, says,
+                                                             gate_store):
+    paths, client = gate_store
+    current = _champion(client, paths, champion[0], **champion[1]) if champion else None
+    got, reason = register.decide(_candidate(paths, llm, ctc, sets), ctc, current, load_config("micro"))
+    assert (got, says in reason, "\n" in reason) == (alias, True, False), reason
+
+
+def test_a_split_without_manifests_has_no_data_sha(tmp_path):
+    paths = Paths.at(tmp_path)
+    assert register.split_data_sha(paths, "test") == "none"
+    alias, reason = register.decide(_candidate(paths, LLM, CTC), CTC, None, load_config("micro"))
+    assert (alias, reason) == ("challenger", "no test manifests under data/manifests: "
+                               "the evaluated data is unknown; stays challenger")

@@ -80,7 +80,7 @@ def test_stage_run_against_a_tracking_server_with_s3_artifacts(
         mlflow.log_artifact(str(tmp_path / "table.md"), "reports")
     assert mlflow.get_tracking_uri() == proxied_server
     got = mlflow.get_run(run.info.run_id)
-    assert got.data.tags["profile"] == "micro" and got.data.params["speech_llm.stride_ms"] == "160"
+    assert got.data.tags["profile"] == "micro" and got.data.params["speech_llm.stride_ms"] == str(cfg.speech_llm.stride_ms)
     parent = mlflow.get_run(got.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["pipeline_run"] == "pipeline-s3" and parent.info.status == "FINISHED"
     assert any(k.endswith("reports/table.md") for k in _keys(s3_server["endpoint"], s3_bucket, "proxied/"))

@@ -160,6 +160,23 @@ def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utte
     return plan
 
 
+def plan_test_set(
+    language: str, sentences: list[str], voices: list[Voice], first_book: int
+) -> list[Utterance]:
+    """A test-only plan (e.g. the out-of-domain set): `sentences` in order, voices round-robin, books
+    numbered from `first_book` so ids differ from the corpus's own test ids for the same speakers."""
+    count: dict[str, int] = defaultdict(int)
+    plan: list[Utterance] = []
+    for i, sent in enumerate(sentences):
+        voice = voices[i % len(voices)]
+        k = count[voice.speaker]
+        count[voice.speaker] += 1
+        book = f"{voice.speaker}{first_book + k // BOOK_SIZE:02d}"
+        uid = f"{voice.speaker}_{book}_{k % BOOK_SIZE:06d}"
+        plan.append(Utterance(uid, language, "test", sent, normalize_transcript(sent), voice))
+    return plan
+
+
 def speak(text: str, voice: Voice) -> np.ndarray:
     """espeak-ng -> float32 16 kHz mono samples."""
     cmd = [
@@ -197,14 +214,34 @@ def synthesize_one(args: tuple[Utterance, str]) -> tuple[str, int]:
     return utt.id, len(pcm)
 
 
-def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int]) -> None:
-    """transcripts.txt per split and metainfo.txt per language, sorted, so bytes are stable."""
+def synthesize_all(plan: list[Utterance], corpus: Path, workers: int) -> dict[str, int]:
+    """Speak every planned utterance into `corpus` (a progress bar); {id: num_samples}."""
+    from tqdm.auto import tqdm
+
+    samples: dict[str, int] = {}
+    jobs = [(u, str(corpus)) for u in plan]
+    with process_pool(workers) as pool:
+        it = pool.imap_unordered(synthesize_one, jobs, chunksize=8)
+        for uid, n in tqdm(it, total=len(jobs), desc="espeak-ng synthesis", unit="utt"):
+            samples[uid] = n
+    return samples
+
+
+def write_text_files(
+    corpus: Path,
+    plan: list[Utterance],
+    samples: dict[str, int],
+    title: str = "LibreOffice help",
+    splits: tuple[str, ...] = SPLITS,
+) -> None:
+    """transcripts.txt per split and metainfo.txt per language, sorted, so bytes are stable;
+    `title` is metainfo's TITLE column (the text source)."""
     by_lang: dict[str, list[Utterance]] = defaultdict(list)
     for utt in plan:
         by_lang[utt.language].append(utt)
     for language, utts in by_lang.items():
         lang_dir = corpus / f"mls_{language}"
-        for split in SPLITS:
+        for split in splits:
             lines = sorted(f"{u.id}\t{u.transcript}\n" for u in utts if u.split == split)
             (lang_dir / split).mkdir(parents=True, exist_ok=True)
             (lang_dir / split / "transcripts.txt").write_text("".join(lines), encoding="utf-8")
@@ -219,7 +256,7 @@ def write_text_files(corpus: Path, plan: list[Utterance], samples: dict[str, int
         ]
         for (spk, gender, split, book, desc), mins in sorted(minutes.items()):
             rows.append(
-                f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | LibreOffice help | {desc}\n"
+                f"{spk:<9} | {gender:<10} | {split:<10} | {mins:<10.3f} | {book:<10} | {title} | {desc}\n"
             )
         (lang_dir / "metainfo.txt").write_text("".join(rows), encoding="utf-8")
 
@@ -240,8 +277,6 @@ def write_lm_text(corpus: Path, language: str, sentences: list[str], spoken: lis
 
 def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
     """Write the whole synthetic corpus under `corpus`; returns a summary for the report."""
-    from tqdm.auto import tqdm
-
     workers = num_workers(cfg.data.num_workers)
     sentences = sentences_for_all(cfg.data.languages, cache, workers)
     plan: list[Utterance] = []
@@ -249,12 +284,7 @@ def build_synthetic_corpus(cfg: Config, corpus: Path, cache: Path) -> dict:
         plan.extend(plan_language(cfg, language, sentences[language]))
     for language in cfg.data.languages:
         shutil.rmtree(corpus / f"mls_{language}", ignore_errors=True)
-    samples: dict[str, int] = {}
-    jobs = [(u, str(corpus)) for u in plan]
-    with process_pool(workers) as pool:
-        it = pool.imap_unordered(synthesize_one, jobs, chunksize=8)
-        for uid, n in tqdm(it, total=len(jobs), desc="espeak-ng synthesis", unit="utt"):
-            samples[uid] = n
+    samples = synthesize_all(plan, corpus, workers)
     write_text_files(corpus, plan, samples)
     lm_sentences = {
         lang: write_lm_text(corpus, lang, sentences[lang], [u for u in plan if u.language == lang])

@@ -7,6 +7,10 @@ upper-case, ends with . ! ?, only letters and basic punctuation, no digits, no
 acronyms) and `langid` (restricted to the 8 MLS languages) agrees on its language.
 Kept sentences are normalized as MLS transcripts are: lowercase, no punctuation except
 word-internal apostrophes, single spaces.
+
+The out-of-domain test set (stage prepare_ood) reads a second text source through the same
+cleaning: the Debian Administrator's Handbook (Debian `debian-handbook`, one package holding
+all 8 languages), book prose about running Debian rather than instructions for an office suite.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import re
 import subprocess
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 from llm_asr.errors import UserError
@@ -35,27 +40,61 @@ HELP_LANGS: dict[str, tuple[str, str, str]] = {
 # bump when the cleaning rules change: cached sentence lists are keyed by it
 CLEANING_VERSION = 1
 
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[¿¡]?[^\W\d_])")
+# The out-of-domain text: one Debian package, one HTML folder per language (Brazilian Portuguese is
+# its only Portuguese; espeak-ng's `pt` voice reads it, one more shift away from the training data)
+HANDBOOK_PACKAGE = "debian-handbook"
+HANDBOOK_HTML = "usr/share/doc/debian-handbook/html"
+HANDBOOK_LANGS: dict[str, str] = {
+    "english": "en-US", "german": "de-DE", "dutch": "nl-NL", "french": "fr-FR",
+    "spanish": "es-ES", "italian": "it-IT", "portuguese": "pt-BR", "polish": "pl-PL",
+}  # fmt: skip
+# bump when the handbook's paragraph rules below change: its cached sentence lists are keyed by it
+HANDBOOK_VERSION = 1
+# Its prose is `<div class="para">`; a sentence holding a command, file name, package name, man page
+# reference, key, URL or placeholder is dropped (espeak-ng would spell `/etc/apt` or `apt-get` out,
+# and no MLS reader says them): those elements leave `_MARKUP`, which `is_clean_sentence` rejects.
+HANDBOOK_PARAGRAPH = ("div", "para")
+HANDBOOK_REJECT_TAGS = frozenset({"code", "pre", "kbd", "tt", "sup", "samp", "var"})
+HANDBOOK_REJECT_CLASSES = frozenset(
+    {"pkg", "citerefentry", "refentrytitle", "keycap", "url", "replaceable", "userinput", "email",
+     "command", "filename", "literal", "option", "computeroutput", "varname", "function"}
+)  # fmt: skip
+_MARKUP = "\x00"
+
+# a sentence starts with a letter, or with _MARKUP (a command opening a sentence then drops that one alone)
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[¿¡]?[^\W\d_]|\x00)")
 _ALLOWED = re.compile(r"^[^\W\d_](?:[^\W\d_]|[ ,;:.!?'’¿¡-])*[.!?]$")
 
 
 class _ParagraphParser(html.parser.HTMLParser):
-    """Collects the text of every <p> element (nested inline tags included)."""
+    """Collects the text of every paragraph element (nested inline tags included): `<p>` by
+    default, or `<tag class="cls">`. Inside a paragraph, a tag in `reject_tags` or with a class
+    in `reject_classes` leaves `_MARKUP` in the text, so its sentence fails `is_clean_sentence`."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        paragraph: tuple[str, str | None] = ("p", None),
+        reject_tags: frozenset[str] = frozenset(),
+        reject_classes: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(convert_charrefs=True)
         self.paragraphs: list[str] = []
-        self._depth = 0
+        self._tag, self._cls = paragraph
+        self._reject_tags, self._reject_classes = reject_tags, reject_classes
+        self._depth = 0  # open paragraph-tag elements (nested same-name tags included)
         self._buf: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
-        if tag == "p":
+        classes = set((dict(attrs).get("class") or "").split())
+        if self._depth > 0 and (tag in self._reject_tags or classes & self._reject_classes):
+            self._buf.append(_MARKUP)
+        if tag == self._tag and (self._depth > 0 or self._cls is None or self._cls in classes):
             self._depth += 1
             if self._depth == 1:
                 self._buf = []
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "p" and self._depth > 0:
+        if tag == self._tag and self._depth > 0:
             self._depth -= 1
             if self._depth == 0:
                 self.paragraphs.append(" ".join("".join(self._buf).split()))
@@ -65,8 +104,13 @@ class _ParagraphParser(html.parser.HTMLParser):
             self._buf.append(data)
 
 
-def html_paragraphs(text: str) -> list[str]:
-    parser = _ParagraphParser()
+def html_paragraphs(
+    text: str,
+    paragraph: tuple[str, str | None] = ("p", None),
+    reject_tags: frozenset[str] = frozenset(),
+    reject_classes: frozenset[str] = frozenset(),
+) -> list[str]:
+    parser = _ParagraphParser(paragraph, reject_tags, reject_classes)
     parser.feed(text)
     parser.close()
     return [p for p in parser.paragraphs if p]
@@ -112,23 +156,29 @@ def _apt_download(pkg: str, debs: Path) -> list[Path]:
     return found
 
 
-def fetch_help_package(language: str, cache: Path) -> Path:
-    """Download and unpack `libreoffice-help-<lang>` into the cache; return its help folder."""
-    suffix, folder, _ = HELP_LANGS[language]
-    pkg = f"libreoffice-help-{suffix}"
-    root = cache / "libreoffice" / pkg
-    help_dir = root / "usr" / "share" / "libreoffice" / "help" / folder / "text"
-    if help_dir.is_dir() and (root / ".complete").exists():
-        return help_dir
-    debs = cache / "libreoffice" / "debs"
+def fetch_deb(pkg: str, group: Path, inner: str) -> Path:
+    """Download and unpack a Debian package into `group/<pkg>/` (the .deb kept in `group/debs/`);
+    return its folder `inner` (checked to exist). `group/<pkg>/.complete` names the .deb."""
+    root = group / pkg
+    wanted = root / inner
+    if wanted.is_dir() and (root / ".complete").exists():
+        return wanted
+    debs = group / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{pkg}_*.deb")) or _apt_download(pkg, debs)
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg", "-x", str(found[-1]), str(root)], check=True)
-    if not help_dir.is_dir():
-        raise UserError(f"{found[-1].name} has no help pages under {help_dir}")
+    if not wanted.is_dir():
+        raise UserError(f"{found[-1].name} has no {inner}")
     (root / ".complete").write_text(found[-1].name + "\n")
-    return help_dir
+    return wanted
+
+
+def fetch_help_package(language: str, cache: Path) -> Path:
+    """Download and unpack `libreoffice-help-<lang>` into the cache; return its help folder."""
+    suffix, folder, _ = HELP_LANGS[language]
+    inner = f"usr/share/libreoffice/help/{folder}/text"
+    return fetch_deb(f"libreoffice-help-{suffix}", cache / "libreoffice", inner)
 
 
 def _langid_classifier(code_set: list[str]):
@@ -139,22 +189,76 @@ def _langid_classifier(code_set: list[str]):
     return ident
 
 
-def extract_sentences(help_dir: Path, language: str) -> list[str]:
-    """Clean, language-checked, de-duplicated sentences (original casing), in a stable order."""
+def clean_sentences(paragraphs: Iterable[str], language: str) -> list[str]:
+    """The clean, language-checked, de-duplicated sentences of `paragraphs` (original casing), in order."""
     code = HELP_LANGS[language][2]
     ident = _langid_classifier([c for _, _, c in HELP_LANGS.values()])
     seen: set[str] = set()
     out: list[str] = []
-    for page in sorted(help_dir.rglob("*.html")):
-        for para in html_paragraphs(page.read_text(encoding="utf-8", errors="replace")):
-            for sent in split_sentences(para):
-                norm = normalize_transcript(sent)
-                if norm in seen or not is_clean_sentence(sent):
-                    continue
-                seen.add(norm)
-                if ident.classify(sent)[0] == code:
-                    out.append(unicodedata.normalize("NFC", sent))
+    for para in paragraphs:
+        for sent in split_sentences(para):
+            norm = normalize_transcript(sent)
+            if norm in seen or not is_clean_sentence(sent):
+                continue
+            seen.add(norm)
+            if ident.classify(sent)[0] == code:
+                out.append(unicodedata.normalize("NFC", sent))
     return out
+
+
+def extract_sentences(help_dir: Path, language: str) -> list[str]:
+    """Clean, language-checked, de-duplicated sentences (original casing), in a stable order."""
+    pages = sorted(help_dir.rglob("*.html"))
+    texts = (page.read_text(encoding="utf-8", errors="replace") for page in pages)
+    paragraphs = (p for text in texts for p in html_paragraphs(text))
+    return clean_sentences(paragraphs, language)
+
+
+def handbook_paragraphs(text: str) -> list[str]:
+    """The prose paragraphs of one Debian Administrator's Handbook page (markup-bearing ones marked)."""
+    return html_paragraphs(text, HANDBOOK_PARAGRAPH, HANDBOOK_REJECT_TAGS, HANDBOOK_REJECT_CLASSES)
+
+
+def _write_cached(cached: Path, package: str, sents: list[str]) -> None:
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"package": package, "sentences": sents}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(cached)
+
+
+def _handbook_cache(language: str, cache: Path) -> Path:
+    return cache / "sentences" / f"handbook-{language}.v{CLEANING_VERSION}.{HANDBOOK_VERSION}.json"
+
+
+def handbook_sentences(language: str, cache: Path) -> list[str]:
+    """Cached clean sentences of the handbook in `language` (fetching `debian-handbook` if needed),
+    pages in name order (the book's top-level pages; `Common_Content/` is boilerplate)."""
+    cached = _handbook_cache(language, cache)
+    if cached.exists():
+        return json.loads(cached.read_text(encoding="utf-8"))["sentences"]
+    html_dir = fetch_deb(HANDBOOK_PACKAGE, cache / "handbook", HANDBOOK_HTML)
+    pages = sorted((html_dir / HANDBOOK_LANGS[language]).glob("*.html"))
+    if not pages:
+        raise UserError(f"{HANDBOOK_PACKAGE} has no pages for {language} under {html_dir}")
+    texts = (page.read_text(encoding="utf-8", errors="replace") for page in pages)
+    paragraphs = (p for text in texts for p in handbook_paragraphs(text))
+    sents = clean_sentences(paragraphs, language)
+    _write_cached(cached, (html_dir.parents[4] / ".complete").read_text().strip(), sents)
+    return sents
+
+
+def handbook_package(cache: Path) -> str:
+    """The .deb the handbook sentences came from (for the OOD report)."""
+    marker = cache / "handbook" / HANDBOOK_PACKAGE / ".complete"
+    return marker.read_text().strip() if marker.exists() else "unknown"
+
+
+def drop_known(sentences: list[str], known: set[str]) -> tuple[list[str], list[str]]:
+    """(sentences whose normalized text is not in `known`, those that are), each in input order."""
+    kept, dropped = [], []
+    for s in sentences:
+        (dropped if normalize_transcript(s) in known else kept).append(s)
+    return kept, dropped
 
 
 def sentences_for(language: str, cache: Path) -> list[str]:
@@ -164,11 +268,7 @@ def sentences_for(language: str, cache: Path) -> list[str]:
         return json.loads(cached.read_text(encoding="utf-8"))["sentences"]
     help_dir = fetch_help_package(language, cache)
     sents = extract_sentences(help_dir, language)
-    package = (help_dir.parents[5] / ".complete").read_text().strip()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"package": package, "sentences": sents}, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(cached)
+    _write_cached(cached, (help_dir.parents[5] / ".complete").read_text().strip(), sents)
     return sents
 
 
@@ -185,6 +285,21 @@ def sentences_for_all(
         with process_pool(min(workers, len(todo))) as pool:
             pool.starmap(sentences_for, [(lang, cache) for lang in todo])
     return {lang: sentences_for(lang, cache) for lang in languages}
+
+
+def handbook_sentences_for_all(
+    languages: list[str] | tuple[str, ...], cache: Path, workers: int
+) -> dict[str, list[str]]:
+    """`handbook_sentences` over several languages: one download, uncached languages in parallel."""
+    from llm_asr.data.parallel import process_pool
+
+    todo = [lang for lang in languages if not _handbook_cache(lang, cache).exists()]
+    if todo:
+        fetch_deb(HANDBOOK_PACKAGE, cache / "handbook", HANDBOOK_HTML)  # once, not once per worker
+    if len(todo) > 1 and workers > 1:
+        with process_pool(min(workers, len(todo))) as pool:
+            pool.starmap(handbook_sentences, [(lang, cache) for lang in todo])
+    return {lang: handbook_sentences(lang, cache) for lang in languages}
 
 
 def source_package(language: str, cache: Path) -> str:

@@ -26,10 +26,12 @@ def settings(dcfg: DecodingConfig, use_cache: bool = True) -> GenerationSettings
 
 
 @torch.no_grad()
-def decode_features(model: SpeechLlm, tok: Any, feats: torch.Tensor, lens: torch.Tensor, dcfg: DecodingConfig,
-                    frame_shift_ms: float, use_cache: bool = True) -> list[str]:
-    """Normalised features [B, T, F] -> texts; each row's token budget follows its duration."""
-    enc = model.encode(feats, lens)
+def decode_features(model: SpeechLlm, tok: Any, feats: torch.Tensor | None, lens: torch.Tensor,
+                    dcfg: DecodingConfig, frame_shift_ms: float, use_cache: bool = True,
+                    encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[str]:
+    """Normalised features [B, T, F] (or a frozen encoder's outputs `encoded`; `lens` are the
+    feature lengths either way) -> texts; each row's token budget follows its duration."""
+    enc = model.encode(feats, lens, encoded)
     inp = model.build_inputs(enc["emb"], enc["emb_lens"])
     budgets = token_budget([float(n) * frame_shift_ms / 1000 for n in lens], dcfg.tokens_per_second,
                            dcfg.min_new_tokens_bound)

@@ -3,6 +3,14 @@
 Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,H], lens [B])`:
 - `linear` (the paper): stack n frames (`FrameStacker`), then one linear layer to the LLM
   hidden size H. N = ceil(T/n).
+- `token_ctc` (the default; LegoSLM-style, arXiv 2505.11352): stack n frames, a small conformer,
+  then CTC posteriors over the LLM's own tokens, scored against its frozen input-embedding table
+  (cosine x a learned scale), so every frame points at the LLM tokens it spoke. The LLM reads each
+  frame's posterior-weighted mix of those embeddings plus a learned residual of the frame (zero at
+  init); with `compress`, blank-argmax frames are dropped and runs of one token merged (CTC
+  compression, Gaido et al.), so N is about the number of LLM tokens spoken. Every step from the
+  encoder frames to the LLM input is differentiable; only the frame selection is by argmax. The
+  projector is first aligned alone (speech_llm.align: token-CTC, no LLM forward).
 - `ctc_mix`: frames whose CTC argmax is blank are dropped and runs of the same non-blank
   argmax are merged (CTC collapse), so N is about the number of CTC pieces spoken. Each
   kept segment's embedding is the CTC-posterior-weighted mix of the LLM's own embeddings
@@ -12,7 +20,7 @@ Both map `(enc [B,T,D] at 40 ms, enc_lens [B], ctc_logits [B,T,V]) -> (emb [B,N,
   With `merge_space` (for character CTC vocabularies), word-boundary segments ("\u2581") are
   dropped and the first character of each word mixes the LLM embeddings of " " + piece
   (e.g. "\u0120f"), so the LLM reads words the way its tokenizer writes them, ~1/6 shorter.
-- `ctc_words`: the CTC greedy hypothesis (with `speech_llm.ctc_words_lm`: the CTC baseline's
+- `ctc_words` (a cascade, ASR + LLM error correction, not the paper's method): the CTC greedy hypothesis (with `speech_llm.ctc_words_lm`: the CTC baseline's
   LM beam-search hypothesis, decoding/ctc.LmCtcDecoder) split into words; each word is written with the
   LLM's own tokenizer (" word") and embedded with the LLM's own (fixed) input embeddings,
   plus a learned projection of the word's mean encoder state (zero at init) on each of its
@@ -74,6 +82,33 @@ def space_index(pieces: list[str]) -> int:
     return pieces.index("\u2581") if "\u2581" in pieces else -1
 
 
+def ctc_segments(keep: torch.Tensor, best: torch.Tensor, blank_post: torch.Tensor, valid: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CTC collapse over kept frames: (keep, start, seg, lens). `start` [B, T] marks a kept frame that
+    opens a segment (a new argmax, or the first after a dropped frame), `seg` [B, T] each frame's
+    segment index, `lens` [B] the segments per row. A row with no kept frame keeps its least-blank
+    valid frame, so every row has N >= 1."""
+    keep = keep.clone()
+    empty = ~keep.any(1)
+    if empty.any():
+        least = blank_post.masked_fill(~valid, 2.0).argmin(1)  # [B]
+        keep[empty, least[empty]] = True
+    prev = torch.nn.functional.pad(best, (1, 0), value=-1)[:, :-1]
+    prev_keep = torch.nn.functional.pad(keep, (1, 0), value=False)[:, :-1]
+    start = keep & (~prev_keep | (best != prev))  # [B, T] a new segment begins
+    seg = torch.cumsum(start.long(), 1) - 1  # [B, T] segment index of each frame
+    return keep, start, seg, start.sum(1)
+
+
+def segment_mean(frame: torch.Tensor, keep: torch.Tensor, seg: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, T, H] frames -> [B, n, H]: the mean of each segment's kept frames (zeros past a row's end)."""
+    b = frame.shape[0]
+    flat = (torch.arange(b, device=frame.device)[:, None] * n + seg.clamp_min(0))[keep]  # [K]
+    sums = torch.zeros(b * n, frame.shape[-1], device=frame.device).index_add(0, flat, frame[keep])
+    counts = torch.zeros(b * n, device=frame.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
+    return (sums / counts.clamp_min(1.0)[:, None]).reshape(b, n, -1)  # [B, n, H]
+
+
 class CtcMixProjector(nn.Module):
     def __init__(self, enc_dim: int, llm_dim: int, pieces: torch.Tensor, blank: int,
                  word_start: torch.Tensor | None = None, space: int = -1) -> None:
@@ -96,7 +131,7 @@ class CtcMixProjector(nn.Module):
         k = outputs_per_frame(enc, ctc_logits)
         if k > 1:  # an upsampled CTC head: k outputs per encoder frame share its state
             enc, enc_lens = enc.repeat_interleave(k, 1), enc_lens * k
-        b, t, _ = enc.shape
+        t = enc.shape[1]
         post = ctc_logits.float().softmax(-1)  # [B, T, V]
         best = post.argmax(-1)  # [B, T]
         valid = torch.arange(t, device=enc.device)[None, :] < enc_lens[:, None]
@@ -104,17 +139,7 @@ class CtcMixProjector(nn.Module):
         if self.merge_space:
             is_space = valid & (best == self.space)
             keep = keep & ~is_space
-        # an utterance with only blanks keeps its least-blank frame, so N >= 1
-        empty = ~keep.any(1)
-        if empty.any():
-            least = post[..., self.blank].masked_fill(~valid, 2.0).argmin(1)  # [B]
-            keep[empty, least[empty]] = True
-        prev = torch.nn.functional.pad(best, (1, 0), value=-1)[:, :-1]
-        prev_keep = torch.nn.functional.pad(keep, (1, 0), value=False)[:, :-1]
-        start = keep & (~prev_keep | (best != prev))  # [B, T] a new segment begins
-        seg = torch.cumsum(start.long(), 1) - 1  # [B, T] segment index of each frame
-        lens = start.sum(1)  # [B]
-        n = int(lens.max())
+        keep, start, seg, lens = ctc_segments(keep, best, post[..., self.blank], valid)
         nonblank = post.clone()
         nonblank[..., self.blank] = 0.0
         nonblank = nonblank / nonblank.sum(-1, keepdim=True).clamp_min(1e-6)  # [B, T, V]
@@ -123,10 +148,7 @@ class CtcMixProjector(nn.Module):
             mix = torch.where(self._word_start_frames(keep, start, seg, is_space)[..., None],
                               nonblank @ self.word_start, mix)
         frame = (self.gain * mix + self.proj(enc.float())).float()  # [B, T, H] (fp32 under autocast)
-        flat = (torch.arange(b, device=enc.device)[:, None] * n + seg.clamp_min(0))[keep]  # [K]
-        sums = torch.zeros(b * n, frame.shape[-1], device=enc.device).index_add(0, flat, frame[keep])
-        counts = torch.zeros(b * n, device=enc.device).index_add(0, flat, torch.ones_like(flat, dtype=torch.float))
-        emb = (sums / counts.clamp_min(1.0)[:, None]).reshape(b, n, -1)  # [B, N, H]
+        emb = segment_mean(frame, keep, seg, int(lens.max()))  # [B, N, H]
         return emb.to(enc.dtype), lens
 
     @staticmethod
@@ -250,10 +272,88 @@ class CtcWordsProjector(nn.Module):
         return emb.to(enc.dtype), lens
 
 
+def llm_token_vocab(texts: list[str], llm_tokenizer: Any) -> list[int]:
+    """The LLM token ids the token_ctc projector can emit: every token of the train transcripts (as
+    the LLM's tokenizer writes them for stage two) and of each character they use, sorted."""
+    ids: set[int] = set()
+    chars: set[str] = set()
+    for text in texts:
+        ids.update(llm_tokenizer(text, add_special_tokens=False).input_ids)
+        chars.update(text)
+    for ch in chars:
+        for form in (ch, " " + ch):
+            ids.update(llm_tokenizer(form, add_special_tokens=False).input_ids)
+    return sorted(ids)
+
+
+class TokenCtcProjector(nn.Module):
+    """Stacked frames -> conformer -> CTC over K LLM tokens (class 0 = blank) -> LLM input embeddings."""
+
+    def __init__(self, enc_dim: int, llm_dim: int, stride_ms: int, frame_ms: int, token_ids: torch.Tensor,
+                 table: torch.Tensor, tcfg: Any) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.stacker = FrameStacker(stride_ms, frame_ms)
+        self.compress = tcfg.compress
+        self.register_buffer("token_ids", token_ids.clone().long())  # [K] LLM ids of classes 1..K
+        self.register_buffer("table", table.clone().float())  # [K, H] the LLM's own (fixed) embeddings
+        self.inp = nn.Linear(self.stacker.output_dim(enc_dim), tcfg.d_model)
+        self.body = torchaudio.models.Conformer(
+            input_dim=tcfg.d_model, num_heads=tcfg.num_heads, ffn_dim=4 * tcfg.d_model,
+            num_layers=tcfg.num_layers, depthwise_conv_kernel_size=tcfg.kernel_size, dropout=tcfg.dropout,
+        ) if tcfg.num_layers else None
+        self.query = nn.Linear(tcfg.d_model, llm_dim)
+        self.blank_logit = nn.Linear(tcfg.d_model, 1)
+        self.logit_scale = nn.Parameter(torch.tensor(16.0).log())
+        self.bias = nn.Parameter(torch.zeros(len(token_ids)))
+        self.blank_emb = nn.Parameter(torch.zeros(llm_dim))  # what a blank frame reads as (compress off)
+        self.residual = nn.Linear(llm_dim, llm_dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def token_logits(self, enc: torch.Tensor, enc_lens: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [B, N, 1+K] with blank first, lens [B], queries [B, N, H]); N = ceil(T / n)."""
+        x, lens = self.stacker(enc, enc_lens)  # [B, N, n*D]
+        x = self.inp(x)  # [B, N, d]
+        if self.body is not None:
+            x, _ = self.body(x, lens.clamp_min(1))  # [B, N, d]
+        q = self.query(x)  # [B, N, H]
+        keys = nn.functional.normalize(self.table, dim=-1)  # [K, H]
+        tok = self.logit_scale.exp() * (nn.functional.normalize(q.float(), dim=-1) @ keys.T) + self.bias  # [B, N, K]
+        return torch.cat([self.blank_logit(x).float(), tok], -1), lens, q
+
+    def forward_all(self, enc: torch.Tensor, enc_lens: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(LLM embeddings [B, N', H], their lens, token logits [B, N, 1+K], logit lens)."""
+        logits, lens, q = self.token_logits(enc, enc_lens)
+        post = logits.softmax(-1)  # [B, N, 1+K]
+        valid = torch.arange(logits.shape[1], device=enc.device)[None, :] < lens[:, None]  # [B, N]
+        if not self.compress:
+            mix = post[..., 1:] @ self.table + post[..., :1] * self.blank_emb  # [B, N, H]
+            frame = (self.gain * mix + self.residual(q).float()) * valid[..., None]
+            return frame.to(enc.dtype), lens, logits, lens
+        nonblank = post[..., 1:] / post[..., 1:].sum(-1, keepdim=True).clamp_min(1e-6)  # [B, N, K]
+        frame = self.gain * (nonblank @ self.table) + self.residual(q).float()  # [B, N, H]
+        best = logits.argmax(-1)  # [B, N]
+        keep, _, seg, emb_lens = ctc_segments(valid & (best != 0), best, post[..., 0], valid)
+        return segment_mean(frame, keep, seg, int(emb_lens.max())).to(enc.dtype), emb_lens, logits, lens
+
+    def forward(self, enc: torch.Tensor, enc_lens: torch.Tensor, ctc_logits: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, lens, _, _ = self.forward_all(enc, enc_lens)
+        return emb, lens
+
+
 def build_projector(kind: str, enc_dim: int, llm_dim: int, stride_ms: int, frame_ms: int = ENCODER_FRAME_MS,
                     **ctc: Any) -> nn.Module:
     if kind == "linear":
         return LinearProjector(enc_dim, llm_dim, stride_ms, frame_ms)
+    if kind == "token_ctc":
+        return TokenCtcProjector(enc_dim, llm_dim, stride_ms, frame_ms, ctc["token_ids"], ctc["table"],
+                                 ctc["token_ctc"])
     if kind == "ctc_mix":
         return CtcMixProjector(enc_dim, llm_dim, ctc["pieces"], ctc["blank"], ctc.get("word_start"),
                                ctc.get("space", -1))

@@ -61,9 +61,14 @@ class SpeechLlm(nn.Module):
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.base_llm.get_input_embeddings()(ids)
 
-    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """feats [B, T, F] -> audio embeddings [B, N, H] (+ encoder output and CTC logits)."""
-        if any(p.requires_grad for p in self.encoder.parameters()):
+    def encode(self, feats: torch.Tensor | None, feat_lens: torch.Tensor,
+               encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """feats [B, T, F] -> audio embeddings [B, N, H] (+ encoder output, CTC and token-CTC logits).
+        `encoded` = (enc [B, T', D], enc_lens): a frozen encoder's outputs computed earlier
+        (models/encoder_cache.EncoderCache); feats are then not needed."""
+        if encoded is not None:
+            enc, enc_lens = encoded
+        elif any(p.requires_grad for p in self.encoder.parameters()):
             enc, enc_lens = self.encoder(feats, feat_lens)  # [B, T', D] at 40 ms
         else:  # frozen encoder: no dropout, no graph
             self.encoder.eval()
@@ -71,9 +76,13 @@ class SpeechLlm(nn.Module):
                 enc, enc_lens = self.encoder(feats, feat_lens)
         ctc_logits = self.ctc_head(enc) if self.ctc_head is not None else None  # [B, T'*k, V]
         ctc_lens = self.ctc_head.output_lengths(enc_lens) if self.ctc_head is not None else enc_lens
-        emb, emb_lens = self.projector(enc, enc_lens, ctc_logits)  # [B, N, H]
-        return {"emb": emb, "emb_lens": emb_lens, "enc_lens": enc_lens, "ctc_logits": ctc_logits,
-                "ctc_lens": ctc_lens}
+        out = {"enc_lens": enc_lens, "ctc_logits": ctc_logits, "ctc_lens": ctc_lens}
+        if hasattr(self.projector, "forward_all"):  # token_ctc: its token posteriors feed the aux loss
+            out["emb"], out["emb_lens"], out["token_logits"], out["token_lens"] = self.projector.forward_all(
+                enc, enc_lens)
+        else:
+            out["emb"], out["emb_lens"] = self.projector(enc, enc_lens, ctc_logits)  # [B, N, H]
+        return out
 
     def build_inputs(
         self, emb: torch.Tensor, emb_lens: torch.Tensor, targets: list[list[int]] | None = None
@@ -127,9 +136,10 @@ class SpeechLlm(nn.Module):
         return loss, int(sel.sum())
 
     def forward(
-        self, feats: torch.Tensor, feat_lens: torch.Tensor, targets: list[list[int]], shuffle_audio: bool = False
+        self, feats: torch.Tensor | None, feat_lens: torch.Tensor, targets: list[list[int]],
+        shuffle_audio: bool = False, encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
-        enc = self.encode(feats, feat_lens)
+        enc = self.encode(feats, feat_lens, encoded)
         emb, emb_lens = enc["emb"], enc["emb_lens"]
         if shuffle_audio:  # the listening check: each transcript paired with another utterance's audio
             perm = torch.roll(torch.arange(emb.shape[0], device=emb.device), 1)

@@ -43,13 +43,22 @@ def uses_ctc_lm(cfg: Config) -> bool:
 
 def build_speech_llm(cfg: Config, ctc_model: torch.nn.Module, ctc_pieces: list[str], blank: int,
                      llm: torch.nn.Module, tok: Any, adapter_dir: Path | None = None,
-                     ctc_dir: Path | None = None) -> SpeechLlm:
+                     ctc_dir: Path | None = None, token_ids: list[int] | None = None) -> SpeechLlm:
     """Encoder (and CTC head if used) from the CTC model, a fresh projector, LoRA (new, or
     loaded strictly from `adapter_dir`) or a frozen LLM. `ctc_dir` holds the tokenizer and the
-    LM files when ctc_words reads LM-decoded words."""
+    LM files when ctc_words reads LM-decoded words; `token_ids` are the LLM tokens a token_ctc
+    projector emits (models/projector.llm_token_vocab of the train transcripts)."""
     scfg = cfg.speech_llm
     hidden = llm.get_input_embeddings().weight.shape[1]  # projection size from the LLM's config
     ctc: dict[str, Any] = {"blank": blank}
+    if scfg.projector == "token_ctc":
+        if not token_ids:
+            raise UserError("speech_llm.projector=token_ctc needs the LLM token vocabulary of the train transcripts")
+        ids = torch.tensor(token_ids, dtype=torch.long)
+        table = llm.get_input_embeddings().weight.detach()
+        if int(ids.max()) >= table.shape[0]:
+            raise UserError(f"token_ctc vocabulary holds id {int(ids.max())} but the LLM has {table.shape[0]} tokens")
+        ctc.update(token_ids=ids, table=table[ids].float(), token_ctc=scfg.token_ctc)
     if scfg.projector == "ctc_mix":
         ctc["pieces"] = piece_embeddings(ctc_pieces, blank, llm, tok)
         if scfg.ctc_mix_merge_space:  # a placeholder piece list (load_model_dir) is restored from trained.pt
@@ -154,7 +163,9 @@ def load_model_dir(model_dir: Path) -> tuple[SpeechLlm, Any, Config]:
         pieces = CtcTokenizer(model_dir / "tokenizer.model").pieces
     else:  # ctc_mix's piece table is restored from trained.pt
         pieces = ["<blank>"] * classes
-    model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER, ctc_dir=model_dir)
+    token_ids = state["projector.token_ids"].tolist() if "projector.token_ids" in state else None
+    model = build_speech_llm(cfg, ctc, pieces, 0, llm, tok, adapter_dir=model_dir / ADAPTER, ctc_dir=model_dir,
+                             token_ids=token_ids)
     load_trained_state(model, state, lora=False)
     model.prompt_ids = list(meta["tokens"]["prompt"])
     model.head_ids = list(meta["tokens"].get("head", []))

@@ -86,6 +86,7 @@ def run(
             raise UserError(f"{data_dir}: no '{split}' utterance could be decoded ({len(bad)} unreadable)")
         result = metrics_json(system, str(model or f"models:/{cfg.tracking.registered_model}@champion"), by_lang)
         result.update(split=split, data_dir=str(data_dir), skipped=len(skipped) + len(bad),
+                      max_utterances_per_language=cfg.evaluate.max_utterances_per_language,
                       decoding=getattr(recognizer, "decoding", "unknown"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")

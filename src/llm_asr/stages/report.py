@@ -1,13 +1,17 @@
-"""Merge both systems' test metrics into reports/metrics.json and a results table.
+"""Merge the systems' test metrics into reports/metrics.json and a results table.
 
-Run: `llm-asr report [--workdir W]`. Reads reports/ctc/metrics.json and
-reports/speech_llm/metrics.json; writes reports/metrics.json = {"ctc": ..., "speech-llm": ...}
-and reports/results.md (per-language WER/CER of both systems side by side).
+Run: `llm-asr report [--workdir W]`. Reads reports/<system>/metrics.json for the three systems
+of one run (`ctc`: the baseline as the DAG decodes it, with its n-gram LM; `ctc-greedy`: the same
+model without LM, the paper's LM-free comparison; `speech-llm`) and, where evaluated, their
+out-of-domain scores reports/<system>/ood/metrics.json. Writes reports/metrics.json =
+{"ctc": {..., "test_ood": {...}}, "ctc-greedy": ..., "speech-llm": ...} and reports/results.md
+(per-language WER/CER side by side, the speech-LLM's ratio to both baselines).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from llm_asr import tracking
@@ -16,35 +20,85 @@ from llm_asr.errors import UserError
 from llm_asr.evaluation import comparison_table, markdown_table
 from llm_asr.paths import Paths
 
-SYSTEMS = {"ctc": "ctc", "speech-llm": "speech_llm"}
+SYSTEMS = {"ctc": "ctc", "ctc-greedy": "ctc_greedy", "speech-llm": "speech_llm"}
+HOW = {"ctc": "--system ctc", "ctc-greedy": "--system ctc --set ctc.lm.weight=0", "speech-llm": "--system speech-llm"}
+OOD = "test_ood"
+PAPER_RATIO = 0.82  # Fathullah et al. (2023): 18% lower average WER than the LM-free CTC baseline
+
+
+def _read(path: Path, system: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"no {path}: run `llm-asr evaluate {HOW[system]} --out {path}` first")
+    return json.loads(path.read_text())
+
+
+def merge(paths: Paths) -> dict[str, Any]:
+    """{system: its test metrics JSON (+ "test_ood" when reports/<folder>/ood/metrics.json exists)}."""
+    merged: dict[str, Any] = {}
+    for system, folder in SYSTEMS.items():
+        merged[system] = _read(paths.reports / folder / "metrics.json", system)
+        ood = paths.reports / folder / "ood" / "metrics.json"
+        if ood.is_file():
+            merged[system][OOD] = json.loads(ood.read_text())
+    sets = {(m.get("split"), m.get("data_dir")) for m in merged.values()}
+    if len(sets) > 1:
+        raise UserError(f"the systems were scored on different test sets {sorted(map(str, sets))}: "
+                        "evaluate all three on the same --data-dir and --split")
+    return merged
+
+
+def ratios(merged: dict[str, Any], key: str | None = None) -> dict[str, float]:
+    """Speech-LLM average WER over each baseline's (on the in-domain test, or on `key`, e.g. test_ood)."""
+    def wer(system: str) -> float | None:
+        m = merged[system] if key is None else merged[system].get(key)
+        return None if m is None else m["average_wer"]
+
+    llm = wer("speech-llm")
+    return {f"speech_llm_to_{b.replace('-', '_')}": round(llm / max(wer(b), 1e-9), 4)
+            for b in ("ctc-greedy", "ctc") if llm is not None and wer(b) is not None}
+
+
+def results_markdown(cfg: Config, merged: dict[str, Any]) -> str:
+    r = ratios(merged)
+    lines = [
+        "# Results (test split)",
+        "",
+        f"Profile `{cfg.profile}`. Average WER is the unweighted mean over languages; WER/CER in percent. "
+        "Decoding: " + "; ".join(f"{s}: {m.get('decoding', '?')}" for s, m in merged.items()) + ".",
+        "",
+        comparison_table({s: m for s, m in merged.items()}),
+        f"Speech-LLM / CTC greedy (no LM; the paper's comparison): **{r['speech_llm_to_ctc_greedy']:.3f}x** "
+        f"(the paper: {PAPER_RATIO}x). Speech-LLM / CTC + n-gram LM: **{r['speech_llm_to_ctc']:.3f}x**.",
+        "",
+    ]
+    if all(OOD in m for m in merged.values()):
+        o = ratios(merged, OOD)
+        lines += [
+            "## Out-of-domain test (other text, unseen voices)",
+            "",
+            comparison_table({s: m[OOD] for s, m in merged.items()}),
+            f"Speech-LLM / CTC greedy: **{o['speech_llm_to_ctc_greedy']:.3f}x**; "
+            f"speech-LLM / CTC + LM: **{o['speech_llm_to_ctc']:.3f}x**.",
+            "",
+        ]
+    lines += [markdown_table({k: v for k, v in m.items() if k != OOD}) for m in merged.values()]
+    return "\n".join(lines)
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Returns the merged metrics dict."""
-    merged: dict[str, Any] = {}
-    for system, folder in SYSTEMS.items():
-        path = paths.reports / folder / "metrics.json"
-        if not path.is_file():
-            raise UserError(f"no {path}: run `llm-asr evaluate --system {system}` first")
-        merged[system] = json.loads(path.read_text())
+    merged = merge(paths)
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "metrics.json").write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
-    ratio = merged["speech-llm"]["average_wer"] / max(merged["ctc"]["average_wer"], 1e-9)
-    lines = [
-        "# Results (test split)",
-        "",
-        f"Profile `{cfg.profile}`. Average WER is the unweighted mean over languages; WER/CER in percent.",
-        "",
-        comparison_table(merged),
-        f"Speech-LLM / CTC average WER: **{ratio:.3f}x** (the paper's multilingual result: 0.82x).",
-        "",
-        *(markdown_table(m) for m in merged.values()),
-    ]
-    (paths.reports / "results.md").write_text("\n".join(lines))
+    (paths.reports / "results.md").write_text(results_markdown(cfg, merged))
     with tracking.stage_run(cfg, paths, "report"):
         import mlflow
 
-        mlflow.log_metrics({f"{s.replace('-', '_')}_average_wer": m["average_wer"] for s, m in merged.items()})
-        mlflow.log_metric("wer_ratio_speech_llm_to_ctc", ratio)
+        for system, m in merged.items():
+            mlflow.log_metric(f"{system.replace('-', '_')}_average_wer", m["average_wer"])
+            if OOD in m:
+                mlflow.log_metric(f"{system.replace('-', '_')}_ood_average_wer", m[OOD]["average_wer"])
+        mlflow.log_metrics({f"wer_ratio_{k}": v for k, v in ratios(merged).items()})
+        mlflow.log_metrics({f"ood_wer_ratio_{k}": v for k, v in ratios(merged, OOD).items()})
         mlflow.log_artifact(str(paths.reports / "results.md"))
     return merged
