@@ -188,8 +188,8 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
         info = serving.log_model(cfg, paths, model_dir)
         _verify(info.model_uri, serving.input_example(paths))
         champion = _current_champion(client, name, cfg.tracking.champion_alias)
-        ctc = metrics.get("ctc")
-        tags = {**lineage_tags(cfg, paths, source), **evaluation_tags(cfg, paths, metrics["speech-llm"], ctc)}
+        llm, ctc = metrics["speech-llm"], metrics.get("ctc")
+        tags = {**lineage_tags(cfg, paths, source), **evaluation_tags(cfg, paths, llm, ctc)}
         alias, reason = decide(tags, ctc, champion, cfg)
         version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate_reason": reason})
         client.set_registered_model_alias(name, alias, version.version)
@@ -197,9 +197,11 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
             "model": name,
             "version": int(version.version),
             "alias": alias,
-            "test_wer": metrics["speech-llm"]["average_wer"],
+            "test_wer": llm["average_wer"],
             "ctc_wer": ctc["average_wer"] if ctc else None,
-            **{k: tags[k] for k in ("split", "data_sha", "skipped")},
+            "split": tags["split"],
+            "data_sha": tags["data_sha"],
+            "skipped": llm.get("skipped"),
             "champion_version": int(champion.version) if champion else None,
             "champion_wer": _tag_float(champion, "test_wer"),
             "reason": reason,
