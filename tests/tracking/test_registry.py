@@ -34,7 +34,8 @@ def test_champion_round_trip_transcribes_test_audio(micro_registry):
 
     cfg, paths, reg = micro_registry
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    model = mlflow.pyfunc.load_model("models:/llm-asr@champion")
+    # the local-only flag: the `path` column is refused otherwise (a server must not read its own files)
+    model = mlflow.pyfunc.load_model("models:/llm-asr@champion", model_config={serving.ALLOW_PATHS: True})
     clips = test_clips(paths)
     by_bytes = serving.transcribe_bytes(model, [c.read_bytes() for c in clips])
     by_path = list(model.predict(pd.DataFrame({"path": [str(c) for c in clips]}))["text"])

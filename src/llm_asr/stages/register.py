@@ -53,6 +53,15 @@ def read_metrics(paths: Paths) -> tuple[dict[str, dict], str]:
     return found, str(source.relative_to(paths.workdir))
 
 
+def _model_dir(paths: Paths, model: str | Path | None) -> Path:
+    path = Path(model) if model else paths.speech_llm_model
+    if not path.is_absolute() and not path.exists():
+        path = paths.workdir / path
+    if not path.is_dir():
+        raise UserError(f"model directory {path} does not exist: run `llm-asr train-speech-llm` first")
+    return path.resolve()
+
+
 def split_data_sha(paths: Paths, split: str) -> str:
     """Digest of SPLIT's manifests, which name every audio file and transcript of it (byte-stable,
     workdir-relative paths: equal data gives an equal digest in any workdir); "none" without them."""
