@@ -71,7 +71,7 @@ def grid_runs(mlflow_store, tmp_path, monkeypatch):
 def test_compare_lays_out_the_logged_grid(grid_runs, tmp_path):
     import mlflow
 
-    out = tmp_path / "cmp"
+    micro, out = load_config("micro"), tmp_path / "cmp"
     table, answer = _compare(grid_runs.workdir, out)
     # frozen LLM first, then by stride and rank
     assert list(zip(table.stride_ms, table.lora_rank)) == [(80, 0), (160, 0), (80, 4), (160, 4), (240, 8)]
@@ -79,9 +79,10 @@ def test_compare_lays_out_the_logged_grid(grid_runs, tmp_path):
         wer, per_language = GRID[(row.stride_ms, row.lora_rank)]
         assert row.average_wer == wer and {lang: row[f"wer_{lang}"] for lang in per_language} == per_language
         assert row.llm_mode == ("frozen" if row.lora_rank == 0 else "lora")
-        assert (row.projector, row.llm) == ("linear", "random-tiny-llama")
-        expected = TRAIN["projector_params_m"] + _lora_params_m(row.lora_rank) + TRAIN["encoder_params_m"]
-        assert row.trainable_params_m == pytest.approx(expected)  # micro trains its encoder in stage two
+        assert (row.projector, row.llm) == (micro.speech_llm.projector, "random-tiny-llama")
+        encoder = 0.0 if micro.speech_llm.freeze_encoder else TRAIN["encoder_params_m"]  # counted if trained
+        expected = TRAIN["projector_params_m"] + _lora_params_m(row.lora_rank) + encoder
+        assert row.trainable_params_m == pytest.approx(expected)
         assert row.train_minutes == TRAIN["train_minutes"]
     assert answer["best"] == {"stride_ms": 240, "lora_rank": 8, "average_wer": 36.25}
 
@@ -111,7 +112,7 @@ def test_compare_over_the_micro_runs_reports_their_evaluation(micro_registry, tm
     evaluation = json.loads((micro.reports / "speech_llm" / "metrics.json").read_text())
     (row,) = [r for _, r in table.iterrows()]
     assert (row.stride_ms, row.lora_rank) == (cfg.speech_llm.stride_ms, cfg.speech_llm.lora.rank)
-    assert (row.llm_mode, row.projector, row.llm) == ("lora", "linear", "random-tiny-llama")
+    assert (row.llm_mode, row.projector, row.llm) == ("lora", cfg.speech_llm.projector, "random-tiny-llama")
     assert row.average_wer == pytest.approx(evaluation["average_wer"])
     assert {lang: row[f"wer_{lang}"] for lang in evaluation["languages"]} == pytest.approx(
         {lang: m["wer"] for lang, m in evaluation["languages"].items()})

@@ -158,7 +158,7 @@ def test_champion_moves_only_past_the_same_runs_ctc_and_the_champion(micro_regis
     client = mlflow.MlflowClient(tracking_uri=store)
     assert int(client.get_model_version_by_alias("llm-asr-gate", "champion").version) == 3
     challenger = client.get_model_version_by_alias("llm-asr-gate", "challenger")
-    assert (challenger.version, challenger.tags["gate_reason"]) == ("2", second["reason"])
+    assert (int(challenger.version), challenger.tags["gate_reason"]) == (2, second["reason"])
     assert challenger.tags["test_wer_source"] == "reports/metrics.json"
     assert base_cfg.tracking.registered_model == "llm-asr"  # the shared registry was not touched
 

@@ -40,7 +40,9 @@ def merge(paths: Paths) -> dict[str, Any]:
         ood = paths.reports / folder / "ood" / "metrics.json"
         if ood.is_file():
             merged[system][OOD] = json.loads(ood.read_text())
-    sets = {(m.get("split"), m.get("data_dir")) for m in merged.values()}
+    # the same split and utterances per language (not the same path: each KFP task has its own workdir)
+    sets = {(m.get("split"), tuple(sorted((lang, v["utterances"]) for lang, v in m["languages"].items())))
+            for m in merged.values()}
     if len(sets) > 1:
         raise UserError(f"the systems were scored on different test sets {sorted(map(str, sets))}: "
                         "evaluate all three on the same --data-dir and --split")
