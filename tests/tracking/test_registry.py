@@ -185,7 +185,7 @@ def gate_store(mlflow_store, tmp_path):
 
 def _candidate(paths: Paths, llm: dict, ctc: dict | None, sets: tuple[str, ...] = ()) -> dict[str, str]:
     cfg = load_config("micro", list(sets))
-    return {**register.lineage_tags(cfg, paths, "reports/metrics.json"),
+    return {**register.lineage_tags(cfg, tracking.run_tags(cfg, paths), "reports/metrics.json"),
             **register.evaluation_tags(cfg, paths, llm, ctc)}
 
 

@@ -94,10 +94,11 @@ def evaluation_tags(cfg: Config, paths: Paths, speech_llm: dict, ctc: dict | Non
     }
 
 
-def lineage_tags(cfg: Config, paths: Paths, source: str) -> dict[str, str]:
-    tags = tracking.run_tags(cfg, paths)
+def lineage_tags(cfg: Config, run_tags: dict[str, str], source: str) -> dict[str, str]:
+    """The version's lineage from its registering run's tags (`tracking.run_tags`, as that run was
+    tagged: a commit landing mid-stage cannot give the version another git sha than its run)."""
     return {
-        **{k: tags[k] for k in ("git_sha", "dvc_lock_sha", "data_hash", "config_digest", "profile")},
+        **{k: run_tags[k] for k in ("git_sha", "dvc_lock_sha", "data_hash", "config_digest", "profile")},
         "params": json.dumps(cfg.flat(), sort_keys=True, separators=(",", ":")),
         "test_wer_source": source,
     }
@@ -198,7 +199,8 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
         _verify(info.model_uri, serving.input_example(paths))
         champion = _current_champion(client, name, cfg.tracking.champion_alias)
         llm, ctc = metrics["speech-llm"], metrics.get("ctc")
-        tags = {**lineage_tags(cfg, paths, source), **evaluation_tags(cfg, paths, llm, ctc)}
+        lineage = lineage_tags(cfg, client.get_run(active.info.run_id).data.tags, source)
+        tags = {**lineage, **evaluation_tags(cfg, paths, llm, ctc)}
         alias, reason = decide(tags, ctc, champion, cfg)
         version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate_reason": reason})
         client.set_registered_model_alias(name, alias, version.version)
