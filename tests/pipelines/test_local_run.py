@@ -56,9 +56,10 @@ def test_every_stage_ran_and_wrote_its_artifacts(local_run):
 def test_reports_follow_the_evaluate_contract(local_run):
     root, _ = local_run
     merged = json.loads((_task_dir(root, "report") / "results" / "metrics.json").read_text())
-    assert set(merged) == {"ctc", "speech-llm"}
-    for system in ("ctc", "speech-llm"):
-        assert merged[system]["system"] == system
+    assert set(merged) == {"ctc", "ctc-greedy", "speech-llm"}  # the three systems of one run
+    assert merged["ctc-greedy"]["decoding"] == "greedy" != merged["ctc"]["decoding"]
+    for system in ("ctc", "ctc-greedy", "speech-llm"):
+        assert merged[system]["system"] == system.replace("-greedy", "")
         assert merged[system]["average_wer"] >= 0
         assert merged[system]["languages"]
     assert (_task_dir(root, "register") / "registration" / "registration.json").is_file()
