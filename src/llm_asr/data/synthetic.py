@@ -149,15 +149,23 @@ def plan_language(cfg: Config, language: str, sentences: list[str]) -> list[Utte
     for split in ("test", "dev", "train"):
         chosen = pool[start : start + need[split]]
         start += need[split]
-        split_voices = voices[split]
-        for i, sent in enumerate(chosen):
-            voice = split_voices[i % len(split_voices)]
-            k = count[voice.speaker]
-            count[voice.speaker] += 1
-            book = f"{voice.speaker}{k // BOOK_SIZE:02d}"
-            uid = f"{voice.speaker}_{book}_{k % BOOK_SIZE:06d}"
-            plan.append(Utterance(uid, language, split, sent, normalize_transcript(sent), voice))
+        plan += assign_voices(language, split, chosen, voices[split], count)
     return plan
+
+
+def assign_voices(language: str, split: str, sentences: list[str], voices: list[Voice],
+                  count: dict[str, int], first_book: int = 0) -> list[Utterance]:
+    """`sentences` spoken by `voices` round-robin; `count` (per speaker, shared across calls) keeps
+    ids unique; books of BOOK_SIZE numbered from `first_book`."""
+    out = []
+    for i, sent in enumerate(sentences):
+        voice = voices[i % len(voices)]
+        k = count[voice.speaker]
+        count[voice.speaker] += 1
+        book = f"{voice.speaker}{first_book + k // BOOK_SIZE:02d}"
+        uid = f"{voice.speaker}_{book}_{k % BOOK_SIZE:06d}"
+        out.append(Utterance(uid, language, split, sent, normalize_transcript(sent), voice))
+    return out
 
 
 def plan_test_set(
@@ -165,16 +173,7 @@ def plan_test_set(
 ) -> list[Utterance]:
     """A test-only plan (e.g. the out-of-domain set): `sentences` in order, voices round-robin, books
     numbered from `first_book` so ids differ from the corpus's own test ids for the same speakers."""
-    count: dict[str, int] = defaultdict(int)
-    plan: list[Utterance] = []
-    for i, sent in enumerate(sentences):
-        voice = voices[i % len(voices)]
-        k = count[voice.speaker]
-        count[voice.speaker] += 1
-        book = f"{voice.speaker}{first_book + k // BOOK_SIZE:02d}"
-        uid = f"{voice.speaker}_{book}_{k % BOOK_SIZE:06d}"
-        plan.append(Utterance(uid, language, "test", sent, normalize_transcript(sent), voice))
-    return plan
+    return assign_voices(language, "test", sentences, voices, defaultdict(int), first_book)
 
 
 def speak(text: str, voice: Voice) -> np.ndarray:
