@@ -159,7 +159,7 @@ def test_the_registered_model_carries_its_code_and_minimal_requirements(micro_re
                                                      dst_path=str(tmp_path)))
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
     assert (local / flavor["code"] / "llm_asr" / "serving.py").is_file()
-    assert flavor["model_config"][serving.ALLOW_PATHS] is False
+    assert flavor["config"][serving.ALLOW_PATHS] is False  # MLmodel keeps model_config as `config`
     lines = {ln.strip() for ln in (local / "requirements.txt").read_text().splitlines() if ln.strip()}
     assert set(serving.serving_requirements()) <= lines
     assert not [ln for ln in lines if ln.split("==")[0] in ("kfp", "dvc", "kubeflow")]

@@ -106,11 +106,14 @@ def test_compare_over_the_micro_runs_reports_their_evaluation(micro_registry, tm
     import mlflow
 
     cfg, micro, _ = micro_registry
-    shutil.copyfile(micro.mlflow_db, tmp_path / "mlflow.db")  # compare logs a run: not in the shared store
+    # compare logs a run: a copy, not the shared store (and as the fixture left it, before other tests)
+    shutil.copyfile(micro.workdir / "mlflow_at_registration.db", tmp_path / "mlflow.db")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     table, _ = _compare(tmp_path, tmp_path / "cmp", "--set", f"tracking.tracking_uri={store}")
     evaluation = json.loads((micro.reports / "speech_llm" / "metrics.json").read_text())
-    (row,) = [r for _, r in table.iterrows()]
+    rows = [r for _, r in table.iterrows()]
+    assert len(rows) == 1, table.to_string()
+    (row,) = rows
     assert (row.stride_ms, row.lora_rank) == (cfg.speech_llm.stride_ms, cfg.speech_llm.lora.rank)
     assert (row.llm_mode, row.projector, row.llm) == ("lora", cfg.speech_llm.projector, "random-tiny-llama")
     assert row.average_wer == pytest.approx(evaluation["average_wer"])
