@@ -81,8 +81,8 @@ DDP_SETS = ["ctc.train.precision=fp32", "ctc.train.max_steps=4", "ctc.train.max_
 def test_ddp_two_gloo_processes_match_one_process(micro_workdir, tmp_path):
     """2 ranks x 1 batch per step vs 1 process x grad_accum 2: the same batches (lhotse gives rank r
     batches r, r+2, ...; 4 steps stay inside one epoch), the same averaged gradients.
-    Tolerances: the global gradient norm of every step agrees within rtol 1e-4 (only the
-    all-reduce summation order differs), and the final parameters differ by < 5% of how far
+    Tolerances: the global gradient norm of every step agrees within rtol 1e-3 (only the
+    all-reduce summation order differs; CI measured a 1.3e-4 relative difference on one step), and the final parameters differ by < 5% of how far
     training moved them (relative L2; measured 2.4%). Not bit-exact: parameters whose true gradient is zero
     (attention key biases, conv biases before BatchNorm) receive Adam updates made of float
     noise, which differ in sign between the two runs. BatchNorm running stats are per rank,
@@ -109,7 +109,7 @@ def test_ddp_two_gloo_processes_match_one_process(micro_workdir, tmp_path):
     norms = {n: [r["grad_norm"] for r in load_checkpoint(p.ctc_model / "checkpoints" / "checkpoint.pt")
                  ["state"]["curves"] if "grad_norm" in r] for n, p in runs.items()}
     assert len(norms["ddp"]) == 4
-    torch.testing.assert_close(torch.tensor(norms["ddp"]), torch.tensor(norms["single"]), rtol=1e-4, atol=0)
+    torch.testing.assert_close(torch.tensor(norms["ddp"]), torch.tensor(norms["single"]), rtol=1e-3, atol=0)
     ddp, single = _params(runs["ddp"]), _params(runs["single"])
     init = _initial_params(runs["single"])
     moved = torch.cat([(single[k] - v).flatten() for k, v in init.items()]).norm()
