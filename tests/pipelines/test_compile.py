@@ -95,7 +95,7 @@ def test_every_stage_mounts_shared_storage_and_reads_credentials_from_secrets(co
 
 
 def test_secret_and_pvc_names_exist_in_infra():
-    docs = [d for p in (REPO / "infra/base").rglob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d]
+    docs = [d for p in (REPO / "infra").rglob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d]
     secrets = {d["metadata"]["name"]: set(d["stringData"]) for d in docs if d["kind"] == "Secret"}
     for secret, keys in platform.SECRETS.items():
         assert set(keys) <= secrets[secret], secret
