@@ -107,14 +107,17 @@ def check_header(source: Any, limits: Any) -> None:
         return
     if info.samplerate not in RECORDER_RATES:
         rates = ", ".join(f"{r / 1000:g}" for r in RECORDER_RATES)
-        raise BadAudio(f"sample rate {info.samplerate} Hz is not one recorders produce ({rates} kHz)")
+        raise BadAudio(f"sample rate {info.samplerate} Hz is not one recorders produce ({rates} kHz): "
+                       "resample the clip to 16 kHz before sending it")
     if not 1 <= info.channels <= MAX_CHANNELS:
-        raise BadAudio(f"{info.channels} channels; the limit is {MAX_CHANNELS}")
+        raise BadAudio(f"{info.channels} channels; the limit is {MAX_CHANNELS}: downmix the clip to mono")
     if info.frames <= 0:
-        raise BadAudio("its header gives no length (empty, or a stream of unknown length)")
+        raise BadAudio("its header gives no length (empty, or a stream of unknown length): "
+                       "send a whole WAV or FLAC file, whose header records its length")
     seconds = info.frames / info.samplerate
     if seconds > limits.max_audio_s:
-        raise BadAudio(f"{seconds:.0f} s of audio; the limit is {limits.max_audio_s} s (from its header)")
+        raise BadAudio(f"{seconds:.0f} s of audio; the limit is {limits.max_audio_s} s (from its header): "
+                       "split it into shorter clips (or raise max_audio_s in the deployment's model_config)")
 
 
 def decode_inputs(frame: pd.DataFrame, limits: Any, allow_paths: bool) -> list[np.ndarray]:

@@ -57,11 +57,23 @@ def test_serving_cases_are_refused_from_the_header(case, tmp_path, no_decoding):
     message = _refused(pd.DataFrame({"audio": [data]}))
     assert message.startswith("row 0: ") and ("sample rate" in message or "channels" in message
                                               or "from its header" in message or "no length" in message)
+    # and what to do about it
+    assert any(fix in message for fix in ("resample the clip", "downmix the clip", "split it", "send a whole")), message
 
 
 def test_a_header_claiming_hours_is_refused_by_duration(tmp_path, no_decoding):
     data = _written(tmp_path, SERVING_CASES)["flac-header-claims-10-hours"].read_bytes()
     assert "36000 s of audio; the limit is 300.0 s (from its header)" in _refused(pd.DataFrame({"audio": [data]}))
+
+
+def test_a_header_claiming_less_than_the_stream_holds_bounds_what_is_decoded():
+    """The other bomb: a header that passes the checks over a stream of much more audio. The decoder
+    reads no more frames than the header states, so memory stays within max_audio_s."""
+    from tests.reliability.fuzz_cases import _flac_claiming
+
+    data = _flac_claiming(16000, seconds=60.0)  # the header says 1 s; the stream holds 60 s
+    (wave,) = serving.decode_inputs(pd.DataFrame({"audio": [data]}), LIMITS, allow_paths=False)
+    assert len(wave) == 16000
 
 
 @pytest.mark.parametrize("rate", serving.RECORDER_RATES)
