@@ -12,15 +12,15 @@ from components import PROJECT_IMAGE
 def compare(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     reports: Input[List[Dataset]],
     comparison: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """`llm_asr.compare.run` over the runs of this pipeline run; `reports` are the grid's evaluations."""
+    """`llm_asr.compare.run` over the grid's evaluations (`reports`), named by the MLflow run each
+    artifact records: a grid point taken from cache names its earlier run (else: this run's runs)."""
     from pathlib import Path
 
-    from components.workspace import log_metrics, pipeline_run_filter, task_workdir
+    from components.workspace import MLFLOW_RUN, log_metrics, pipeline_run, pipeline_run_filter, task_workdir
     from llm_asr import compare as stage
     from llm_asr.config import load_config
 
@@ -28,7 +28,11 @@ def compare(
     if missing:
         raise ValueError(f"grid evaluations without metrics.json: {missing}")
     cfg = load_config(profile, overrides)
-    with task_workdir(pipeline_run=pipeline_run) as paths:
-        tags = pipeline_run_filter(cfg, paths, pipeline_run)
-        result = stage.run(cfg, paths, tags=tags, out_dir=Path(comparison.path))
+    run_ids = [r.metadata.get(MLFLOW_RUN) for r in reports]
+    with task_workdir() as paths:
+        if all(run_ids):
+            result = stage.run(cfg, paths, run_ids=run_ids, out_dir=Path(comparison.path))
+        else:
+            tags = pipeline_run_filter(cfg, paths, pipeline_run())
+            result = stage.run(cfg, paths, tags=tags, out_dir=Path(comparison.path))
     log_metrics(metrics, result)

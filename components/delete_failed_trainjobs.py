@@ -13,18 +13,23 @@ from components import PROJECT_IMAGE
 
 
 @dsl.component(base_image=PROJECT_IMAGE, install_kfp_package=False)  # the image has kfp
-def delete_failed_trainjobs(pipeline_run: str, status: dsl.PipelineTaskFinalStatus, namespace: str = "") -> str:
-    """Delete the TrainJobs of `pipeline_run` unless the run succeeded; returns their names, comma-separated.
+def delete_failed_trainjobs(status: dsl.PipelineTaskFinalStatus, namespace: str = "") -> str:
+    """Delete this pipeline run's TrainJobs unless the run succeeded; returns their names, comma-separated.
 
     The TrainJobs ran `llm_asr.stages.train_speech_llm.run`; a succeeded run keeps its
     TrainJob (logs and status stay readable until someone deletes it).
     """
     from components.trainjob import delete_run_trainjobs
+    from components.workspace import pipeline_run
+
+    run = pipeline_run()
+    if not run:
+        raise RuntimeError("no pipeline run id in the environment (pipelines.platform.common sets it)")
 
     if status.state == "SUCCEEDED":
-        print(f"pipeline run {pipeline_run} succeeded: its TrainJobs are kept")
+        print(f"pipeline run {run} succeeded: its TrainJobs are kept")
         return ""
-    deleted = delete_run_trainjobs(pipeline_run, namespace or None)
-    print(f"pipeline run {pipeline_run} ended {status.state} ({status.error_message}): "
+    deleted = delete_run_trainjobs(run, namespace or None)
+    print(f"pipeline run {run} ended {status.state} ({status.error_message}): "
           f"deleted TrainJobs {deleted or 'none'}")
     return ",".join(deleted)

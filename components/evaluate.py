@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def evaluate(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     system: str,
     corpus: Input[Dataset],
     manifests: Input[Dataset],
@@ -45,7 +44,7 @@ def evaluate(
         SPEECH_LLM_MODEL: speech_llm_model,
     }
     sub = f"{REPORTS}/{system.replace('-', '_')}{'_greedy' if no_lm else ''}"
-    with task_workdir(inputs, {sub: report}, pipeline_run) as paths:
+    with task_workdir(inputs, {sub: report}) as paths:
         model = paths.ctc_model if system == "ctc" else paths.speech_llm_model
         out = paths.workdir / sub / "metrics.json"
         result = stage.run(cfg, paths, model=str(model), system=system, out=out)

@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def extract_features(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     corpus: Input[Dataset],
     manifests: Input[Dataset],
     features: Output[Dataset],
@@ -23,6 +22,6 @@ def extract_features(
 
     cfg = load_config(profile, overrides)
     inputs = {CORPUS: corpus, MANIFESTS: manifests}
-    with task_workdir(inputs, {FEATURES: features}, pipeline_run) as paths:
+    with task_workdir(inputs, {FEATURES: features}) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

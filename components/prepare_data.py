@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def prepare_data(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     corpus: Output[Dataset],
     manifests: Output[Dataset],
     metrics: Output[Metrics],
@@ -22,6 +21,6 @@ def prepare_data(
 
     cfg = load_config(profile, overrides)
     outputs = {CORPUS: corpus, MANIFESTS: manifests}
-    with task_workdir(outputs=outputs, pipeline_run=pipeline_run) as paths:
+    with task_workdir(outputs=outputs) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def register(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     manifests: Input[Dataset],
     features: Input[Dataset],
     ctc_model: Input[Model],
@@ -33,7 +32,7 @@ def register(
         MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model,
         SPEECH_LLM_MODEL: speech_llm_model,
     }
-    with task_workdir(inputs, {REPORTS: registration}, pipeline_run) as paths:
+    with task_workdir(inputs, {REPORTS: registration}) as paths:
         shutil.copytree(results.path, paths.reports, dirs_exist_ok=True)
         result = stage.run(cfg, paths, model=paths.speech_llm_model)
     log_metrics(metrics, result)

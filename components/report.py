@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def report(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     ctc_report: Input[Dataset],
     ctc_greedy_report: Input[Dataset],
     speech_llm_report: Input[Dataset],
@@ -25,7 +24,7 @@ def report(
     from llm_asr.stages import report as stage
 
     cfg = load_config(profile, overrides)
-    with task_workdir(outputs={REPORTS: results}, pipeline_run=pipeline_run) as paths:
+    with task_workdir(outputs={REPORTS: results}) as paths:
         # small files: copied, so the results artifact is self-contained
         shutil.copytree(ctc_report.path, paths.reports / "ctc", dirs_exist_ok=True)
         shutil.copytree(ctc_greedy_report.path, paths.reports / "ctc_greedy", dirs_exist_ok=True)

@@ -14,7 +14,6 @@ from components import PROJECT_IMAGE
 def train_ctc(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     corpus: Input[Dataset],
     manifests: Input[Dataset],
     features: Input[Dataset],
@@ -28,6 +27,6 @@ def train_ctc(
 
     cfg = load_config(profile, overrides)
     inputs = {CORPUS: corpus, MANIFESTS: manifests, FEATURES: features}
-    with task_workdir(inputs, {CTC_MODEL: ctc_model}, pipeline_run) as paths:
+    with task_workdir(inputs, {CTC_MODEL: ctc_model}) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

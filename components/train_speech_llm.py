@@ -10,7 +10,6 @@ from components import PROJECT_IMAGE
 def train_speech_llm(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     manifests: Input[Dataset],
     features: Input[Dataset],
     ctc_model: Input[Model],
@@ -31,6 +30,6 @@ def train_speech_llm(
 
     cfg = load_config(profile, grid_overrides(overrides, stride_ms, lora_rank))
     inputs = {MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model}
-    with task_workdir(inputs, {SPEECH_LLM_MODEL: speech_llm_model}, pipeline_run) as paths:
+    with task_workdir(inputs, {SPEECH_LLM_MODEL: speech_llm_model}) as paths:
         result = stage.run(cfg, paths)
     log_metrics(metrics, result)

@@ -18,7 +18,6 @@ from components import PROJECT_IMAGE
 def train_speech_llm_trainjob(
     profile: str,
     overrides: list,
-    pipeline_run: str,
     manifests: Input[Dataset],
     features: Input[Dataset],
     ctc_model: Input[Model],
@@ -39,11 +38,13 @@ def train_speech_llm_trainjob(
 
     from components.trainjob import TrainJobRequest, submit
     from components.workspace import (
-        CTC_MODEL, FEATURES, MANIFESTS, SHARED_MOUNT, SPEECH_LLM_MODEL, WRITTEN_AT, grid_overrides,
+        CTC_MODEL, FEATURES, MANIFESTS, SHARED_MOUNT, SPEECH_LLM_MODEL, WRITTEN_AT, grid_overrides, pipeline_run,
     )
 
+    run = pipeline_run()  # from the environment: an input would enter the cache key
+
     # the TrainJob's pods see only the shared PVC: stage the inputs there
-    workdir = Path(SHARED_MOUNT) / "runs" / (pipeline_run or "manual") / uuid.uuid4().hex[:8]
+    workdir = Path(SHARED_MOUNT) / "runs" / (run or "manual") / uuid.uuid4().hex[:8]
     links = {}
     for rel, artifact in {MANIFESTS: manifests, FEATURES: features, CTC_MODEL: ctc_model}.items():
         shutil.copytree(artifact.path, workdir / rel)
@@ -51,7 +52,7 @@ def train_speech_llm_trainjob(
             links[artifact.metadata[WRITTEN_AT]] = str(workdir / rel)
     req = TrainJobRequest(
         profile=profile, overrides=tuple(grid_overrides(overrides, stride_ms, lora_rank)), workdir=str(workdir),
-        num_nodes=num_nodes, gpus_per_node=gpus_per_node, links=links, pipeline_run=pipeline_run,
+        num_nodes=num_nodes, gpus_per_node=gpus_per_node, links=links, pipeline_run=run,
         deadline_s=max(1, round(deadline_hours * 3600)),
     )
     start = time.time()

@@ -36,6 +36,17 @@ REPORTS = "reports"
 SHARED_MOUNT = "/mnt/llm-asr"
 # artifact metadata key: the absolute path the producing stage wrote the artifact at
 WRITTEN_AT = "llm_asr_written_at"
+# artifact metadata key: the MLflow run of the stage that wrote it (a cached artifact keeps its producer's)
+MLFLOW_RUN = "mlflow_run_id"
+# The KFP run id, from the pod's `pipeline/runid` label (downward API, `pipelines.platform.common`).
+# Never a task input: inputs enter KFP's cache key, so a per-run input would defeat caching.
+KFP_RUN_ENV = "LLM_ASR_KFP_RUN_ID"
+
+
+def pipeline_run() -> str:
+    """This pipeline run's name: the KFP run id on a cluster, `$LLM_ASR_PIPELINE_RUN` under
+    `pipelines.local_run`; "" when neither is set."""
+    return os.environ.get(KFP_RUN_ENV) or os.environ.get("LLM_ASR_PIPELINE_RUN", "")
 
 
 def grid_overrides(overrides: list[str], stride_ms: int = 0, lora_rank: int = -1) -> list[str]:
@@ -60,10 +71,10 @@ def _link(link: Path, target: str | os.PathLike[str]) -> None:
     link.symlink_to(Path(target).resolve(), target_is_directory=True)
 
 
-def _configure_env(pipeline_run: str) -> None:
+def _configure_env() -> None:
     """Caches on shared storage when mounted; group this task's MLflow run with its pipeline run."""
-    if pipeline_run:
-        os.environ.setdefault("LLM_ASR_PIPELINE_RUN", pipeline_run)
+    if pipeline_run():
+        os.environ.setdefault("LLM_ASR_PIPELINE_RUN", pipeline_run())
     shared = Path(SHARED_MOUNT)
     if shared.is_dir() and os.access(shared, os.W_OK):
         os.environ.setdefault("LLM_ASR_CACHE", str(shared / "cache"))
@@ -74,7 +85,8 @@ def _publish(produced: Path, artifact: Any) -> None:
     """Move a stage's output dir into its artifact and leave a link behind.
 
     The producer's path goes into the artifact's metadata: files written there may name
-    absolute paths under it (lhotse manifests do), so consumers recreate it as a link.
+    absolute paths under it (lhotse manifests do), so consumers recreate it as a link. So does
+    the stage's MLflow run, which stays the artifact's trace when a later run takes it from cache.
     """
     dest = Path(artifact.path)
     dest.mkdir(parents=True, exist_ok=True)
@@ -83,13 +95,22 @@ def _publish(produced: Path, artifact: Any) -> None:
     produced.rmdir()
     _link(produced, dest)
     artifact.metadata[WRITTEN_AT] = str(produced)
+    run = _last_mlflow_run()
+    if run:
+        artifact.metadata[MLFLOW_RUN] = run
+
+
+def _last_mlflow_run() -> str:
+    import mlflow
+
+    run = mlflow.last_active_run()
+    return run.info.run_id if run is not None else ""
 
 
 @contextlib.contextmanager
 def task_workdir(
     inputs: Mapping[str, Any] | None = None,
     outputs: Mapping[str, Any] | None = None,
-    pipeline_run: str = "",
 ) -> Iterator[Any]:
     """Yield `Paths` of a fresh workdir laid out from the task's artifacts.
 
@@ -101,7 +122,7 @@ def task_workdir(
     """
     from llm_asr.paths import Paths
 
-    _configure_env(pipeline_run)
+    _configure_env()
     root = os.environ.get("LLM_ASR_KFP_WORK_ROOT") or None
     if root:
         Path(root).mkdir(parents=True, exist_ok=True)
@@ -125,7 +146,7 @@ def task_workdir(
         os.chdir(previous)
 
 
-def pipeline_run_filter(cfg: Any, paths: Any, pipeline_run: str) -> list[str]:
+def pipeline_run_filter(cfg: Any, paths: Any, run_name: str) -> list[str]:
     """`compare` tag filter selecting this pipeline run's stage runs (children of its MLflow parent)."""
     import mlflow
 
@@ -134,10 +155,10 @@ def pipeline_run_filter(cfg: Any, paths: Any, pipeline_run: str) -> list[str]:
     tracking.setup(cfg, paths)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     found = mlflow.search_runs(
-        [exp.experiment_id], filter_string=f"tags.pipeline_run = '{pipeline_run}'", output_format="list", max_results=1
+        [exp.experiment_id], filter_string=f"tags.pipeline_run = '{run_name}'", output_format="list", max_results=1
     )
     if not found:
-        raise RuntimeError(f"no MLflow parent run tagged pipeline_run={pipeline_run}: did the grid log to this server?")
+        raise RuntimeError(f"no MLflow parent run tagged pipeline_run={run_name}: did the grid log to this server?")
     return [f"mlflow.parentRunId={found[0].info.run_id}"]
 
 

@@ -14,7 +14,7 @@ from components.compare import compare
 from components.evaluate import evaluate
 from components.train_speech_llm import train_speech_llm
 from pipelines import platform
-from pipelines.training import PIPELINE_RUN, evaluate_ctc, shared_stages
+from pipelines.training import evaluate_ctc, shared_stages
 
 STRIDES_MS = (80, 160, 240, 480, 960)  # DESIGN section 1: 40 ms x n
 LORA_RANKS = (0, 8)  # 0 = frozen LLM
@@ -31,7 +31,7 @@ def ablation_pipeline(
     overrides: list = [],
     grid_points: list = grid(),
 ):
-    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    common = {"profile": profile, "overrides": overrides}
     data, feats, ctc = shared_stages(profile, overrides)
     evaluate_ctc(profile, overrides, data, feats, ctc)
     shared = {

@@ -7,6 +7,8 @@ pod; `training_distributed_pipeline` launches it as a Kubeflow Trainer TrainJob 
 N nodes x G GPUs (a compile-time choice: kfp.local cannot merge If/Else branches with
 dsl.OneOf, and the local run must be the same DAG), inside a `dsl.ExitHandler` that
 deletes the run's TrainJobs when the run fails.
+No task takes the run id as an input (inputs enter KFP's cache key: a rerun would retrain
+everything); tasks read it from their environment (`pipelines.platform.common`).
 Compile: `make compile`; run locally: `make pipeline-local`; submit: `pipelines/submit.py`.
 """
 
@@ -23,12 +25,9 @@ from components.train_speech_llm import train_speech_llm
 from components.train_speech_llm_trainjob import train_speech_llm_trainjob
 from pipelines import platform
 
-PIPELINE_RUN = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-
-
 def shared_stages(profile: str, overrides: list) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
     """Data, features and CTC pretraining (also the baseline), shared by both pipelines."""
-    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    common = {"profile": profile, "overrides": overrides}
     data = platform.common(prepare_data(**common), cpu="4", memory="16Gi")
     feats = platform.common(
         extract_features(**common, corpus=data.outputs["corpus"], manifests=data.outputs["manifests"]),
@@ -46,7 +45,7 @@ def shared_stages(profile: str, overrides: list) -> tuple[dsl.PipelineTask, dsl.
 def evaluate_ctc(profile: str, overrides: list, data, feats, ctc, no_lm: bool = False) -> dsl.PipelineTask:
     """The CTC baseline with its n-gram LM, or without it (`no_lm`: the paper's LM-free comparison)."""
     task = evaluate(
-        profile=profile, overrides=overrides, pipeline_run=PIPELINE_RUN, system="ctc",
+        profile=profile, overrides=overrides, system="ctc",
         corpus=data.outputs["corpus"], manifests=data.outputs["manifests"],
         features=feats.outputs["features"], ctc_model=ctc.outputs["ctc_model"], no_lm=no_lm,
     ).set_display_name("evaluate-ctc-greedy" if no_lm else "evaluate-ctc")
@@ -55,7 +54,7 @@ def evaluate_ctc(profile: str, overrides: list, data, feats, ctc, no_lm: bool = 
 
 def rest_of_dag(profile: str, overrides: list, data, feats, ctc, stage_two) -> None:
     """CTC baseline evaluation, then evaluate the speech-LLM, merge the reports, register."""
-    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    common = {"profile": profile, "overrides": overrides}
     ctc_eval = evaluate_ctc(profile, overrides, data, feats, ctc)
     greedy_eval = evaluate_ctc(profile, overrides, data, feats, ctc, no_lm=True)
     model = stage_two.outputs["speech_llm_model"]
@@ -89,7 +88,7 @@ def _stage_two_inputs(data, feats, ctc) -> dict:
 
 @dsl.pipeline(name="llm-asr-training", description="Speech-LLM ASR: the full training DAG, stage two on one GPU pod.")
 def training_pipeline(profile: str = "default", overrides: list = []):
-    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
+    common = {"profile": profile, "overrides": overrides}
     data, feats, ctc = shared_stages(profile, overrides)
     stage_two = platform.on_gpu(train_speech_llm(**common, **_stage_two_inputs(data, feats, ctc)))
     rest_of_dag(profile, overrides, data, feats, ctc, stage_two)
@@ -107,8 +106,8 @@ def training_distributed_pipeline(
     trainjob_namespace: str = "",
     trainjob_deadline_hours: float = 72.0,
 ):
-    common = {"profile": profile, "overrides": overrides, "pipeline_run": PIPELINE_RUN}
-    cleanup = delete_failed_trainjobs(pipeline_run=PIPELINE_RUN, namespace=trainjob_namespace)
+    common = {"profile": profile, "overrides": overrides}
+    cleanup = delete_failed_trainjobs(namespace=trainjob_namespace)
     cleanup = platform.uncached(platform.common(cleanup, cpu="1", memory="1Gi")).set_display_name(
         "delete-failed-trainjobs")
     with dsl.ExitHandler(cleanup, name="training"):

@@ -1,6 +1,8 @@
 """The ablation view over MLflow runs: `llm-asr compare [--experiment NAME] [--tag KEY=VALUE ...]`.
 
-Selects the runs of an experiment by tags, joins each system's stage-two training run
+Selects the runs of an experiment by tags (or the given evaluation runs, with the runs
+of their pipeline runs: how KFP's compare task names its grid, cached points included),
+joins each system's stage-two training run
 with its speech-LLM evaluation (same pipeline parent and config digest), and writes,
 like the paper's ablation tables:
 - `ablation.csv` / `ablation.md`: one row per system (stride, LoRA rank or frozen,
@@ -48,6 +50,29 @@ def select_runs(experiment: str, tags: dict[str, str]) -> list[Any]:
     return mlflow.search_runs(
         [exp.experiment_id], filter_string=" and ".join(clauses), output_format="list", max_results=5000
     )
+
+
+def select_evaluations(run_ids: list[str]) -> list[Any]:
+    """RUN_IDS (evaluation runs) and the finished runs of their pipeline runs, where each one's
+    stage-two training run is. An evaluation taken from KFP's cache belongs to an earlier pipeline
+    run; its training run is found there all the same."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        evals = [client.get_run(r) for r in dict.fromkeys(run_ids)]
+    except MlflowException as e:
+        raise UserError(f"evaluation run not found at {mlflow.get_tracking_uri()}: {e.message}") from None
+    found = {r.info.run_id: r for r in evals}
+    for parent in {r.data.tags.get("mlflow.parentRunId") for r in evals} - {None}:
+        siblings = mlflow.search_runs(
+            search_all_experiments=True, output_format="list", max_results=5000,
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.stage = '{TRAIN_STAGE}' "
+                          "and attributes.status = 'FINISHED'",
+        )
+        found.update({r.info.run_id: r for r in siblings})
+    return list(found.values())
 
 
 def _is_speech_llm_eval(run: Any) -> bool:
@@ -165,8 +190,10 @@ def run(
     experiment: str | None = None,
     tags: list[str] = [],  # noqa: B006 - the CLI's signature; never mutated
     out_dir: Path | None = None,
+    run_ids: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the ablation table + plots and log them; returns {"systems", "out_dir", "files", "run_id"}."""
+    """Write the ablation table + plots and log them; returns {"systems", "out_dir", "files", "run_id"}.
+    `run_ids` (evaluation runs) replaces the tag filter (`select_evaluations`)."""
     import mlflow
 
     if experiment:
@@ -175,7 +202,8 @@ def run(
         cfg = Config.model_validate(data)
     filters = _parse_tags(tags)
     tracking.setup(cfg, paths)
-    table = build_table(select_runs(cfg.tracking.experiment, filters))
+    runs = select_evaluations(run_ids) if run_ids else select_runs(cfg.tracking.experiment, filters)
+    table = build_table(runs)
     if table.empty:
         raise UserError(
             f"no finished speech-LLM evaluation runs in experiment '{cfg.tracking.experiment}' "
@@ -188,7 +216,8 @@ def run(
     files[1].write_text(to_markdown(table))
     files.append(plot(table, "stride_ms", "lora_rank", out / "wer_vs_stride.png"))
     files.append(plot(table, "lora_rank", "stride_ms", out / "wer_vs_rank.png"))
-    extra = {"compare_filter": json.dumps(filters, sort_keys=True), "compared_systems": str(len(table))}
+    extra = {"compare_filter": json.dumps({"run_ids": run_ids} if run_ids else filters, sort_keys=True),
+             "compared_systems": str(len(table))}
     with tracking.stage_run(cfg, paths, "compare", extra_tags=extra) as active:
         for f in files:
             mlflow.log_artifact(str(f), "compare")

@@ -8,6 +8,12 @@ A pipeline run groups its stages by `$LLM_ASR_PARENT_RUN_ID` (set by the orchest
 or, failing that, by `$LLM_ASR_PIPELINE_RUN` (a name shared by all stages of one run;
 `make run` sets it). `download_model_dir` turns a `models:/` or `runs:/` URI of a
 registered pyfunc (see `llm_asr.serving`) into the local model directory it carries.
+
+Lineage: the git sha is the image's `$LLM_ASR_GIT_SHA` (build arg `GIT_SHA`) or the checkout's;
+on KFP every run is also tagged with the KFP run id and the image (`$LLM_ASR_KFP_RUN_ID`,
+`$LLM_ASR_IMAGE`, set by `pipelines.platform`). Training and register runs log the manifests
+of their splits as MLflow dataset inputs (digest = `split_digest`); a training run is tagged
+with its model directory's digest, which is how `find_training_run` finds it again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +39,8 @@ def tracking_uri(cfg: Config, paths: Paths) -> str:
 
 
 def _git_sha() -> str:
+    if os.environ.get("LLM_ASR_GIT_SHA", "unknown") != "unknown":
+        return os.environ["LLM_ASR_GIT_SHA"]  # the image's build arg: no .git inside it
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
@@ -43,6 +52,37 @@ def _git_sha() -> str:
 
 def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "none"
+
+
+def _dvc_lock_sha(paths: Paths) -> str:
+    """The workdir's dvc.lock, else the one the code came with (a KFP task's workdir has none)."""
+    own = _file_sha(paths.workdir / "dvc.lock")
+    return own if own != "none" else _file_sha(REPO_ROOT / "dvc.lock")
+
+
+def split_digest(paths: Paths, split: str) -> str:
+    """Digest of SPLIT's manifests, which name every audio file and transcript of it (byte-stable,
+    workdir-relative paths: equal data gives an equal digest in any workdir); "none" without them."""
+    files = sorted(paths.manifests.glob(f"*_{split}.jsonl.gz"))
+    if not files:
+        return "none"
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_digest(model_dir: Path) -> str:
+    """Digest of a model directory's files (names and bytes; not its resumable checkpoints/)."""
+    h = hashlib.sha256()
+    files = [p for p in model_dir.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(model_dir).parts]
+    for f in sorted(files):
+        h.update(str(f.relative_to(model_dir)).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def data_hash(paths: Paths) -> str:
@@ -58,7 +98,7 @@ def run_tags(cfg: Config, paths: Paths) -> dict[str, str]:
     llm = cfg.speech_llm.llm.name_or_path
     return {
         "git_sha": _git_sha(),
-        "dvc_lock_sha": _file_sha(paths.workdir / "dvc.lock"),
+        "dvc_lock_sha": _dvc_lock_sha(paths),
         "profile": cfg.profile,
         "stride_ms": str(cfg.speech_llm.stride_ms),
         "lora_rank": str(cfg.speech_llm.lora.rank),
@@ -66,7 +106,47 @@ def run_tags(cfg: Config, paths: Paths) -> dict[str, str]:
         "projector": cfg.speech_llm.projector,
         "data_hash": data_hash(paths),
         "config_digest": cfg.digest(),
+        **{tag: os.environ[env] for tag, env in ORCHESTRATOR_TAGS.items() if os.environ.get(env)},
     }
+
+
+ORCHESTRATOR_TAGS = {"kfp_run_id": "LLM_ASR_KFP_RUN_ID", "image": "LLM_ASR_IMAGE"}  # tag -> env var
+# the splits whose manifests a stage's run logs as dataset inputs, and the model directory it tags
+STAGE_SPLITS = {
+    "train_ctc": ("train", "dev"), "train_speech_llm": ("train", "dev"), "register": ("train", "dev", "test"),
+}
+TRAINING_STAGE = "train_speech_llm"
+
+
+def log_split_inputs(paths: Paths, splits: tuple[str, ...]) -> None:
+    """Each split's manifests as an MLflow dataset input (name = split, digest = `split_digest`)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for split in splits:
+        digest = split_digest(paths, split)
+        if digest == "none":
+            continue
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(paths.manifests.resolve().as_uri())
+        context = "testing" if split == "test" else "training" if split == "train" else "validation"
+        mlflow.log_input(MetaDataset(source, name=split, digest=digest), context=context)
+
+
+def find_training_run(cfg: Config, paths: Paths, model_dir: Path) -> str:
+    """The id of the finished stage-two run that wrote MODEL_DIR (tagged with its `model_digest`),
+    the latest if several; "unknown" when this tracking store has none (trained elsewhere)."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    found = [] if exp is None else mlflow.search_runs(
+        [exp.experiment_id], output_format="list", max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.stage = '{TRAINING_STAGE}' and tags.model_digest = '{model_digest(model_dir)}' "
+                      "and attributes.status = 'FINISHED'",
+    )
+    return found[0].info.run_id if found else "unknown"
 
 
 def setup(cfg: Config, paths: Paths) -> str:
@@ -153,7 +233,10 @@ def stage_run(
     try:
         with mlflow.start_run(run_name=stage, tags=tags) as run:
             _log_config_params(mlflow.MlflowClient(), run.info.run_id, cfg)
+            log_split_inputs(paths, STAGE_SPLITS.get(stage, ()))
             yield run
+            if stage == TRAINING_STAGE and paths.speech_llm_model.is_dir():
+                mlflow.set_tag("model_digest", model_digest(paths.speech_llm_model))
         status = "FINISHED"
     finally:
         if own_parent:

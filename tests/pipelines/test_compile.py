@@ -11,7 +11,7 @@ from kfp.kubernetes import kubernetes_executor_config_pb2 as k8s_pb
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import PROJECT_IMAGE
-from components.workspace import SHARED_MOUNT, grid_overrides
+from components.workspace import KFP_RUN_ENV, SHARED_MOUNT, grid_overrides
 from pipelines import platform
 from pipelines.ablation import LORA_RANKS, STRIDES_MS
 from pipelines.compile import compile_all
@@ -171,3 +171,38 @@ def test_ctc_pretraining_reads_the_corpus_as_on_dvc(compiled, name):
 def test_a_grid_point_keeps_the_profiles_recipe():
     assert grid_overrides(["seed=1"], 240, 8) == ["seed=1", "speech_llm.stride_ms=240", "speech_llm.lora.rank=8"]
     assert grid_overrides(["seed=1"]) == ["seed=1"]  # no grid point: the profile's own projector
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_task_input_changes_from_run_to_run(compiled, name):
+    """Inputs enter KFP's cache key: a run-id placeholder (or any per-run value) as an input would make
+    every rerun retrain everything. Tasks read the run id from their pod's label instead."""
+    spec, executors = compiled[name]
+    for task_name, task in _all_tasks(spec).items():
+        for param, value in task.inputs.parameters.items():
+            constant = json_format.MessageToDict(value.runtime_value.constant) if value.HasField("runtime_value") else ""
+            assert "{{$.pipeline_job" not in str(constant), f"{task_name}.{param} = {constant}"
+            assert "{{$.pipeline_task" not in str(constant), f"{task_name}.{param} = {constant}"
+    for comp in spec.components.values():
+        assert "pipeline_run" not in comp.input_definitions.parameters
+    for key, cfg in executors.items():
+        env = {f.name: f.field_path for f in cfg.field_path_as_env}
+        assert env == {KFP_RUN_ENV: platform.RUN_ID_FIELD}, key
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_task_knows_its_image_for_lineage(compiled, name):
+    spec, _ = compiled[name]
+    for key, value in spec.deployment_spec.fields["executors"].struct_value.fields.items():
+        container = json_format.MessageToDict(value.struct_value)["container"]
+        assert {e["name"]: e["value"] for e in container["env"]}[platform.IMAGE_ENV] == PROJECT_IMAGE, key
+
+
+def test_the_run_id_reaches_a_task_from_its_environment(monkeypatch):
+    from components.workspace import pipeline_run
+
+    monkeypatch.delenv(KFP_RUN_ENV, raising=False)
+    monkeypatch.setenv("LLM_ASR_PIPELINE_RUN", "kfp-local-1")
+    assert pipeline_run() == "kfp-local-1"
+    monkeypatch.setenv(KFP_RUN_ENV, "0b7c-run")  # on the cluster: the pod's pipeline/runid label
+    assert pipeline_run() == "0b7c-run"

@@ -130,3 +130,27 @@ def test_compare_without_matching_runs_says_so(mlflow_store, tmp_path):
     args = ["compare", "--profile", "micro", "--workdir", str(tmp_path), "--tag", "profile=nothing"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "no finished speech-LLM evaluation runs" in result.output
+
+
+def test_compare_by_run_ids_finds_cached_grid_points_in_earlier_runs(mlflow_store, tmp_path, monkeypatch):
+    """KFP's compare task names the grid's evaluation runs (each report artifact records its MLflow run);
+    a point taken from cache names an earlier pipeline run's evaluation, whose training run is found there."""
+    import mlflow
+
+    from llm_asr import compare
+
+    paths, evals = Paths.at(tmp_path), []
+    for run_name, (stride, rank) in (("ablation-1", (80, 0)), ("ablation-2", (80, 4))):
+        monkeypatch.setenv("LLM_ASR_PIPELINE_RUN", run_name)
+        wer, per_language = GRID[(stride, rank)]
+        _log_system(load_config("micro", [f"speech_llm.stride_ms={stride}", f"speech_llm.lora.rank={rank}"]),
+                    paths, wer, per_language)
+        evals.append(mlflow.last_active_run().info.run_id)
+    monkeypatch.setenv("LLM_ASR_PIPELINE_RUN", "ablation-1")
+    _log_system(load_config("micro", ["speech_llm.stride_ms=160"]), paths, 44.0, {"german": 44.0})  # not named
+    answer = compare.run(load_config("micro"), paths, run_ids=evals, out_dir=tmp_path / "cmp")
+    table = pd.read_csv(tmp_path / "cmp" / "ablation.csv")
+    assert answer["systems"] == 2 and list(zip(table.stride_ms, table.lora_rank)) == [(80, 0), (80, 4)]
+    assert sorted(table.eval_run) == sorted(evals)
+    assert table.train_minutes.tolist() == [TRAIN["train_minutes"]] * 2  # each joined with its own training run
+    assert table.train_run.notna().all()

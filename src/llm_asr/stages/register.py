@@ -13,12 +13,13 @@ only if its speech-LLM test WER (`reports/metrics.json["speech-llm"]`)
    (`data_sha`, the digest of the split's manifests).
 Otherwise the version gets `tracking.challenger_alias`. Either way its `gate_reason` tag
 and `reports/registration.json` say why, in one line. Each version's tags carry its
-lineage (git sha, dvc.lock digest, params, data hash) and what the gate compared.
+lineage (git sha, dvc.lock digest, params, data hash, the stage-two run that trained it, and on
+KFP the run id and image) and what the gate compared; the register run logs the train, dev and
+test manifests as dataset inputs with their digests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -62,17 +63,7 @@ def _model_dir(paths: Paths, model: str | Path | None) -> Path:
     return path.resolve()
 
 
-def split_data_sha(paths: Paths, split: str) -> str:
-    """Digest of SPLIT's manifests, which name every audio file and transcript of it (byte-stable,
-    workdir-relative paths: equal data gives an equal digest in any workdir); "none" without them."""
-    files = sorted(paths.manifests.glob(f"*_{split}.jsonl.gz"))
-    if not files:
-        return "none"
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+split_data_sha = tracking.split_digest  # the gate's data_sha: the digest of one split's manifests
 
 
 def _utterances(metrics: dict) -> int:
@@ -94,11 +85,16 @@ def evaluation_tags(cfg: Config, paths: Paths, speech_llm: dict, ctc: dict | Non
     }
 
 
-def lineage_tags(cfg: Config, run_tags: dict[str, str], source: str) -> dict[str, str]:
+def lineage_tags(
+    cfg: Config, run_tags: dict[str, str], source: str, training_run: str = "unknown"
+) -> dict[str, str]:
     """The version's lineage from its registering run's tags (`tracking.run_tags`, as that run was
-    tagged: a commit landing mid-stage cannot give the version another git sha than its run)."""
+    tagged: a commit landing mid-stage cannot give the version another git sha than its run), and
+    the id of the stage-two run that trained it (`tracking.find_training_run`)."""
     return {
         **{k: run_tags[k] for k in ("git_sha", "dvc_lock_sha", "data_hash", "config_digest", "profile")},
+        **{k: run_tags[k] for k in tracking.ORCHESTRATOR_TAGS if k in run_tags},  # KFP run id, image
+        "training_run_id": training_run,
         "params": json.dumps(cfg.flat(), sort_keys=True, separators=(",", ":")),
         "test_wer_source": source,
     }
@@ -199,7 +195,8 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
         _verify(info.model_uri, serving.input_example(paths))
         champion = _current_champion(client, name, cfg.tracking.champion_alias)
         llm, ctc = metrics["speech-llm"], metrics.get("ctc")
-        lineage = lineage_tags(cfg, client.get_run(active.info.run_id).data.tags, source)
+        training_run = tracking.find_training_run(cfg, paths, model_dir)
+        lineage = lineage_tags(cfg, client.get_run(active.info.run_id).data.tags, source, training_run)
         tags = {**lineage, **evaluation_tags(cfg, paths, llm, ctc)}
         alias, reason = decide(tags, ctc, champion, cfg)
         version = mlflow.register_model(info.model_uri, name, tags={**tags, "gate_reason": reason})
@@ -220,7 +217,8 @@ def run(cfg: Config, paths: Paths, model: str | Path | None = None) -> dict[str,
             "model_uri": f"models:/{name}/{version.version}",
         }
         mlflow.log_metric("test_average_wer", result["test_wer"])
-        mlflow.set_tags({"registered_version": str(version.version), "registered_alias": alias})
+        mlflow.set_tags({"registered_version": str(version.version), "registered_alias": alias,
+                         "training_run_id": training_run})
         paths.reports.mkdir(parents=True, exist_ok=True)
         out = paths.reports / "registration.json"
         out.write_text(json.dumps(result, indent=2) + "\n")

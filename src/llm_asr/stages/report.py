@@ -5,7 +5,9 @@ of one run (`ctc`: the baseline as the DAG decodes it, with its n-gram LM; `ctc-
 model without LM, the paper's LM-free comparison; `speech-llm`) and, where evaluated, their
 out-of-domain scores reports/<system>/ood/metrics.json. Writes reports/metrics.json =
 {"ctc": {..., "test_ood": {...}}, "ctc-greedy": ..., "speech-llm": ...} and reports/results.md
-(per-language WER/CER side by side, the speech-LLM's ratio to both baselines).
+(per-language WER/CER side by side, the speech-LLM's ratio to both baselines). Then it prints
+(and logs) this run's speech-LLM and CTC WER against the registered champion version's
+(`champion_delta`), or says why it cannot: no registry answering, no champion yet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from llm_asr import tracking
 from llm_asr.config import Config
@@ -23,6 +27,7 @@ from llm_asr.paths import Paths
 SYSTEMS = {"ctc": "ctc", "ctc-greedy": "ctc_greedy", "speech-llm": "speech_llm"}
 HOW = {"ctc": "--system ctc", "ctc-greedy": "--system ctc --set ctc.lm.weight=0", "speech-llm": "--system speech-llm"}
 OOD = "test_ood"
+console = Console(stderr=True)
 PAPER_RATIO = 0.82  # Fathullah et al. (2023): 18% lower average WER than the LM-free CTC baseline
 
 
@@ -87,6 +92,37 @@ def results_markdown(cfg: Config, merged: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def champion_delta(cfg: Config, paths: Paths, merged: dict[str, Any]) -> dict[str, Any] | None:
+    """{"version", "comparable", "speech_llm_wer_delta", "ctc_wer_delta"}: this run's test WER minus
+    the champion version's (its `test_wer` / `ctc_wer` tags, points; negative = better). `comparable`:
+    the champion was scored on the same split and data (`data_sha`; unknown without manifests). None,
+    with the reason printed, when no registry answers or no version holds the champion alias."""
+    import mlflow
+
+    name, alias = cfg.tracking.registered_model, cfg.tracking.champion_alias
+    try:
+        champion = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception as e:  # noqa: BLE001 - no registry, no model, no alias: nothing to compare with
+        console.print(f"no delta against {name}@{alias}: {str(e).splitlines()[0][:200]}")
+        return None
+    split = merged["speech-llm"].get("split", cfg.evaluate.split)
+    ours = tracking.split_digest(paths, split)
+    delta: dict[str, Any] = {
+        "version": int(champion.version),
+        "comparable": champion.tags.get("split") == split and champion.tags.get("data_sha") == ours != "none",
+    }
+    for system, tag in (("speech-llm", "test_wer"), ("ctc", "ctc_wer")):
+        theirs = champion.tags.get(tag, "none")
+        if theirs != "none":
+            wer = merged[system]["average_wer"]
+            delta[f"{system.replace('-', '_')}_wer_delta"] = round(wer - float(theirs), 4)
+    shown = ", ".join(f"{k[:-10]} {v:+.2f}" for k, v in delta.items() if k.endswith("_wer_delta"))
+    theirs_data = champion.tags.get("data_sha")
+    note = "" if delta["comparable"] else f" (not comparable: champion data_sha {theirs_data}, ours {ours})"
+    console.print(f"WER vs {name}@{alias} v{champion.version}: {shown or 'no WER tags'} points{note}")
+    return delta
+
+
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Returns the merged metrics dict."""
     merged = merge(paths)
@@ -103,4 +139,8 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         mlflow.log_metrics({f"wer_ratio_{k}": v for k, v in ratios(merged).items()})
         mlflow.log_metrics({f"ood_wer_ratio_{k}": v for k, v in ratios(merged, OOD).items()})
         mlflow.log_artifact(str(paths.reports / "results.md"))
+        delta = champion_delta(cfg, paths, merged)
+        if delta is not None:
+            mlflow.log_metrics({f"vs_champion_{k}": v for k, v in delta.items() if k.endswith("_wer_delta")})
+            mlflow.set_tag("champion_version", str(delta["version"]))
     return merged
