@@ -16,6 +16,7 @@ repo root is the working directory of `kfp.local` subprocesses).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -179,4 +180,9 @@ def log_metrics(metrics: Any, result: Any) -> dict[str, float]:
     flat = numbers(result)
     for key, value in flat.items():
         metrics.log_metric(key, value)
+    # the same numbers as the artifact's file: kfp.local's task cache treats an output whose file is
+    # missing as a cache miss (kfp/local/cache.py), and KFP stores nothing at a Metrics URI otherwise
+    out = Path(metrics.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(flat, sort_keys=True) + "\n")
     return flat
