@@ -230,6 +230,9 @@ class DecodingConfig(_Section):
     repetition_penalty: float = Field(1.0, ge=1.0)
     no_repeat_ngram_size: int = Field(0, ge=0)
     max_repeat_run: int = Field(4, ge=2)  # loop guard: stop a sequence repeating an n-gram this often
+    # joint CTC/LLM decoding (decoding/ctc_prefix.py): the weight of the token_ctc head's prefix score
+    ctc_weight: float = Field(0.0, ge=0.0, lt=1.0)
+    ctc_candidates: int = Field(8, ge=1)  # LLM tokens per hypothesis the CTC scores each step
     segment_s: float = Field(20.0, gt=1)  # long-form: window length
     overlap_s: float = Field(2.0, ge=0)
 

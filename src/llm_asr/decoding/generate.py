@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_asr.decoding.ctc_prefix import CtcPrefixScorer
 from llm_asr.models.speech_llm import LlmInputs, SpeechLlm
 
 MAX_LOOP_NGRAM = 8
@@ -25,6 +26,8 @@ class GenerationSettings:
     no_repeat_ngram_size: int = 0
     max_repeat_run: int = 4  # 0 disables the loop guard
     use_cache: bool = True
+    ctc_weight: float = 0.0  # joint CTC/LLM decoding (decoding/ctc_prefix.py); 0 = the LLM alone
+    ctc_candidates: int = 8  # LLM tokens per hypothesis scored by the CTC each step (plus EOS)
 
 
 def token_budget(durations_s: list[float], tokens_per_second: float, minimum: int) -> list[int]:
@@ -109,8 +112,14 @@ def _process(procs: list, history: torch.Tensor, logits: torch.Tensor, pad_id: i
 
 
 @torch.no_grad()
-def generate(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings) -> list[list[int]]:
-    """Token ids per row (no EOS), greedy when beam_size == 1."""
+def generate(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings,
+             ctc: CtcPrefixScorer | None = None) -> list[list[int]]:
+    """Token ids per row (no EOS), greedy when beam_size == 1; joint with the CTC prefix scores of
+    `ctc` when `s.ctc_weight` > 0 (beam_size 1 is then greedy in the joint score)."""
+    if s.ctc_weight > 0:
+        if ctc is None:
+            raise ValueError("ctc_weight > 0 needs the CTC prefix scorer of the token_ctc head")
+        return _joint(model, inp, max_new, s, ctc)
     if s.beam_size > 1:
         return _beam(model, inp, max_new, s)
     return _greedy(model, inp, max_new, s)
@@ -146,6 +155,83 @@ def _greedy(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationS
     return out
 
 
+def _finish(history: torch.Tensor, length: torch.Tensor, scores: torch.Tensor, pad_id: int) -> list[list[int]]:
+    """The best length-normalised hypothesis of each row's K (history [B*K, L], scores [B, K])."""
+    b, k = scores.shape
+    norm = scores.reshape(-1) / (length + 1).float()  # length-normalised log-probability
+    best = norm.reshape(b, k).argmax(1)
+    out = []
+    for i in range(b):
+        r = i * k + int(best[i])
+        seq = history[r, history[r] != pad_id].tolist()
+        out.append(seq[: int(length[r])])
+    return out
+
+
+def _loop_guard(history: torch.Tensor, grow: torch.Tensor, done: torch.Tensor, length: torch.Tensor,
+                s: GenerationSettings, pad_id: int) -> None:
+    """Stop (in place) each growing hypothesis whose output now ends in a loop, keeping one repeat."""
+    if not s.max_repeat_run:
+        return
+    for r in grow.nonzero().flatten().tolist():
+        cut = loop_cut(history[r, history[r] != pad_id].tolist(), s.max_repeat_run)
+        if cut is not None:
+            done[r], length[r] = True, cut
+
+
+def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings,
+           ctc: CtcPrefixScorer) -> list[list[int]]:
+    """Beam search (K = beam_size, 1 = greedy) in the joint score (1 - w) log p_llm + w log p_ctc-prefix.
+    Each step scores the LLM's top `ctc_candidates` tokens and EOS of every hypothesis with the CTC."""
+    b, k, dev, w = inp.embeds.shape[0], s.beam_size, inp.embeds.device, s.ctc_weight
+    step, procs = _Stepper(model, inp, s.use_cache), _processors(s)
+    logits = step.first().repeat_interleave(k, 0)  # [B*K, V]
+    step.expand(k)
+    ctc.expand(k)
+    state = ctc.initial()
+    scores = torch.full((b, k), float("-inf"), device=dev)
+    scores[:, 0] = 0.0
+    history = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
+    done = torch.zeros(b * k, dtype=torch.bool, device=dev)
+    length = torch.zeros(b * k, dtype=torch.long, device=dev)
+    budget = torch.tensor(max_new, device=dev).repeat_interleave(k)
+    n = min(s.ctc_candidates, logits.shape[1])
+    for t in range(max(max_new)):
+        logp = _process(procs, history, logits, model.pad_id).log_softmax(-1)  # [B*K, V]
+        top_lp, top_tok = logp.topk(n, -1)  # [B*K, n]
+        top_lp = top_lp.masked_fill(top_tok == model.eos_id, float("-inf"))  # EOS has its own column
+        tok = torch.cat([top_tok, torch.full_like(top_tok[:, :1], model.eos_id)], 1)  # [B*K, n+1]
+        lp = torch.cat([top_lp, logp[:, model.eos_id, None]], 1)
+        prefix, r = ctc.extend(state, tok, model.eos_id)  # [B*K, n+1]
+        # an impossible prefix (-inf - -inf) costs the same large penalty for every candidate
+        gain = (prefix - state.score[:, None]).nan_to_num(nan=-1e4, neginf=-1e4).clamp_min(-1e4)
+        joint = (1 - w) * lp + w * gain
+        force_eos = ~done & (t >= budget)
+        joint[force_eos] = float("-inf")
+        joint[force_eos, -1] = 0.0
+        joint[done] = float("-inf")
+        joint[done, -1] = 0.0  # finished: one continuation (emitted as pad), score unchanged
+        width = joint.shape[1]
+        top, idx = (scores.reshape(-1, 1) + joint).reshape(b, -1).topk(k, dim=1)  # [B, K]
+        src = (idx // width + torch.arange(b, device=dev)[:, None] * k).reshape(-1)  # [B*K]
+        col = (idx % width).reshape(-1)
+        token = tok[src, col]
+        scores, done, length, history = top, done[src], length[src], history[src]
+        newly = ~done & (token == model.eos_id)
+        grow = ~done & ~newly
+        state = CtcPrefixScorer.select(state, src, col, grow, ctc.token_class[token], prefix[src, col], r)
+        length = length + grow.long()
+        done = done | newly
+        token = torch.where(grow, token, torch.full_like(token, model.pad_id))
+        history = torch.cat([history, token[:, None]], 1)
+        _loop_guard(history, grow, done, length, s, model.pad_id)
+        if bool(done.all()):
+            break
+        step.reorder(src)
+        logits = step.next(token)
+    return _finish(history, length, scores, model.pad_id)
+
+
 def _beam(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings) -> list[list[int]]:
     """Beam search over B x K hypotheses; a finished hypothesis keeps its score and emits pad."""
     b, k, dev = inp.embeds.shape[0], s.beam_size, inp.embeds.device
@@ -177,21 +263,9 @@ def _beam(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSet
         done = done | newly
         tok = torch.where(grow, tok, torch.full_like(tok, model.pad_id))
         history = torch.cat([history, tok[:, None]], 1)
-        if s.max_repeat_run:
-            for r in grow.nonzero().flatten().tolist():
-                seq = history[r, history[r] != model.pad_id].tolist()
-                cut = loop_cut(seq, s.max_repeat_run)
-                if cut is not None:
-                    done[r], length[r] = True, cut
+        _loop_guard(history, grow, done, length, s, model.pad_id)
         if bool(done.all()):
             break
         step.reorder(src)
         logits = step.next(tok)
-    norm = scores.reshape(-1) / (length + 1).float()  # length-normalised log-probability
-    best = norm.reshape(b, k).argmax(1)
-    out = []
-    for i in range(b):
-        r = i * k + int(best[i])
-        seq = history[r, history[r] != model.pad_id].tolist()
-        out.append(seq[: int(length[r])])
-    return out
+    return _finish(history, length, scores, model.pad_id)

@@ -11,6 +11,8 @@ import torch
 
 from llm_asr.config import DecodingConfig, FeaturesConfig
 from llm_asr.data.batching import apply_cmvn, pad_features
+from llm_asr.errors import UserError
+from llm_asr.decoding.ctc_prefix import CtcPrefixScorer, token_classes
 from llm_asr.decoding.generate import GenerationSettings, generate, token_budget
 from llm_asr.models.speech_llm import SpeechLlm
 
@@ -22,7 +24,22 @@ def settings(dcfg: DecodingConfig, use_cache: bool = True) -> GenerationSettings
         no_repeat_ngram_size=dcfg.no_repeat_ngram_size,
         max_repeat_run=dcfg.max_repeat_run,
         use_cache=use_cache,
+        ctc_weight=dcfg.ctc_weight,
+        ctc_candidates=dcfg.ctc_candidates,
     )
+
+
+def ctc_scorer(model: SpeechLlm, enc: dict[str, Any], dcfg: DecodingConfig) -> CtcPrefixScorer | None:
+    """The token_ctc head's prefix scorer for joint decoding, or None when `ctc_weight` is 0."""
+    if dcfg.ctc_weight <= 0:
+        return None
+    if "token_logits" not in enc:
+        raise UserError(f"decoding.ctc_weight={dcfg.ctc_weight} needs the token_ctc projector's CTC head, "
+                        f"and this model's projector is {type(model.projector).__name__}: "
+                        "decode it with --set decoding.ctc_weight=0")
+    vocab = model.base_llm.get_output_embeddings().weight.shape[0]
+    classes = token_classes(model.projector.token_ids, vocab)
+    return CtcPrefixScorer(enc["token_logits"].float().log_softmax(-1), enc["token_lens"], classes)
 
 
 @torch.no_grad()
@@ -35,7 +52,7 @@ def decode_features(model: SpeechLlm, tok: Any, feats: torch.Tensor | None, lens
     inp = model.build_inputs(enc["emb"], enc["emb_lens"])
     budgets = token_budget([float(n) * frame_shift_ms / 1000 for n in lens], dcfg.tokens_per_second,
                            dcfg.min_new_tokens_bound)
-    ids = generate(model, inp, budgets, settings(dcfg, use_cache))
+    ids = generate(model, inp, budgets, settings(dcfg, use_cache), ctc_scorer(model, enc, dcfg))
     return [re.sub(r"\s+", " ", tok.decode(i, skip_special_tokens=True)).strip() for i in ids]
 
 
@@ -44,6 +61,8 @@ class SpeechLlmRecognizer:
         self.model, self.tok, self.fcfg, self.cmvn, self.dcfg = model.eval(), tok, fcfg, cmvn, dcfg
         self.device = next(model.parameters()).device
         self.decoding = "greedy" if dcfg.beam_size <= 1 else f"beam search {dcfg.beam_size}"
+        if dcfg.ctc_weight > 0:
+            self.decoding += f" + token CTC prefix score (weight {dcfg.ctc_weight:g})"
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, decoding_cfg: DecodingConfig | None = None) -> "SpeechLlmRecognizer":
