@@ -106,3 +106,24 @@ def test_ctc_weight_without_a_scorer_is_an_error(tiny_llm_factory) -> None:
     inp = model.build_inputs(torch.randn(1, 3, 64), torch.tensor([3]))
     with pytest.raises(ValueError, match="token_ctc"):
         generate(model, inp, [4], GenerationSettings(ctc_weight=0.5))
+
+
+def test_an_impossible_prefix_is_penalised_never_revived() -> None:
+    """A hypothesis holding a token the CTC cannot emit stays impossible: every later extension costs
+    the floor (the empty-prefix rule must not restart it), with no NaN or +inf in the gains."""
+    from llm_asr.decoding.ctc_prefix import score_gain
+
+    torch.manual_seed(0)
+    logp = torch.randn(1, 6, 4).log_softmax(-1)
+    classes = token_classes(torch.tensor([1, 2, 3]), vocab_size=10)
+    scorer = CtcPrefixScorer(logp, torch.tensor([6]), classes)
+    state = scorer.initial()
+    tokens = torch.tensor([[1, 5, EOS]])  # 5: outside the CTC vocabulary
+    scores, r = scorer.extend(state, tokens, EOS)
+    gain = score_gain(scores, state)
+    assert float(gain[0, 1]) == -1e4 and float(gain[0, 0]) < 0
+    dead = CtcPrefixScorer.select(state, torch.tensor([0]), torch.tensor([1]), torch.tensor([True]),
+                                  classes[tokens[0, 1:2]], scores[0, 1:2], r)
+    later, _ = scorer.extend(dead, torch.tensor([[1, 2, EOS]]), EOS)
+    assert torch.isneginf(later).all()
+    assert torch.equal(score_gain(later, dead), torch.full((1, 3), -1e4))

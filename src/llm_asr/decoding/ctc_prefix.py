@@ -20,12 +20,13 @@ from dataclasses import dataclass
 import torch
 
 NEG = float("-inf")
+EMPTY, DEAD = -1, -2
 
 
 @dataclass
 class CtcPrefixState:
     r: torch.Tensor  # [R, T, 2] log forward variables of each hypothesis' prefix
-    last: torch.Tensor  # [R] the prefix's last CTC class (-1: empty prefix)
+    last: torch.Tensor  # [R] the prefix's last CTC class (EMPTY: none yet; DEAD: it holds a token the CTC cannot emit)
     score: torch.Tensor  # [R] log CTC prefix probability of the prefix
 
 
@@ -49,7 +50,7 @@ class CtcPrefixScorer:
         r = torch.full((*self.logp.shape[:2], 2), NEG, device=self.logp.device)
         r[..., 1] = self.logp[..., 0].cumsum(1)  # the empty prefix: blanks only
         rows = self.logp.shape[0]
-        return CtcPrefixState(r, torch.full((rows,), -1, dtype=torch.long, device=r.device),
+        return CtcPrefixState(r, torch.full((rows,), EMPTY, dtype=torch.long, device=r.device),
                               torch.zeros(rows, device=r.device))
 
     def extend(self, state: CtcPrefixState, tokens: torch.Tensor, eos_id: int
@@ -69,7 +70,7 @@ class CtcPrefixScorer:
         same = (cls == state.last[:, None])[:, None, :]  # [R, 1, N]
         phi = torch.where(same, r_prev[..., 1][..., None], total[..., None])  # [R, T, N]
         r = torch.full((rows, cls.shape[1], t_max, 2), NEG, device=logp.device)
-        start = state.last < 0  # the empty prefix: the token may be emitted at frame 0
+        start = state.last == EMPTY  # the empty prefix: the token may be emitted at frame 0
         r[:, :, 0, 0] = torch.where(start[:, None], x[:, 0], torch.full_like(x[:, 0], NEG))
         for t in range(1, t_max):
             r[:, :, t, 0] = torch.logaddexp(r[:, :, t - 1, 0], phi[:, t - 1]) + x[:, t]
@@ -87,9 +88,19 @@ class CtcPrefixScorer:
         `picks` [R'] (their CTC classes `classes` [R'], prefix scores `scores` [R']). Where `grow` is
         false (a finished hypothesis, or one that took EOS) the source's state is kept."""
         keep = grow[:, None, None]
+        classes = torch.where(classes >= 0, classes, torch.full_like(classes, DEAD))  # r is all -inf then
         return CtcPrefixState(torch.where(keep, r[rows, picks], state.r[rows]),
                               torch.where(grow, classes, state.last[rows]),
                               torch.where(grow, scores, state.score[rows]))
+
+def score_gain(prefix: torch.Tensor, state: CtcPrefixState, floor: float = -1e4) -> torch.Tensor:
+    """log ctc(prefix + token) - log ctc(prefix) [R, N], at least `floor`: an impossible extension
+    (or any extension of an already impossible prefix) costs `floor`, never -inf or NaN, so such
+    hypotheses rank below every possible one and the search still ends (by EOS or the budget)."""
+    alive = torch.isfinite(state.score)[:, None]
+    gain = torch.where(alive, prefix - state.score[:, None], torch.full_like(prefix, floor))
+    return gain.nan_to_num(nan=floor, neginf=floor).clamp(floor, 0.0)
+
 
 def token_classes(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[V] LLM token id -> CTC class of the token_ctc head (its class k >= 1 is token_ids[k - 1]), -1 else."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from llm_asr.decoding.ctc_prefix import CtcPrefixScorer
+from llm_asr.decoding.ctc_prefix import CtcPrefixScorer, score_gain
 from llm_asr.models.speech_llm import LlmInputs, SpeechLlm
 
 MAX_LOOP_NGRAM = 8
@@ -182,7 +182,7 @@ def _loop_guard(history: torch.Tensor, grow: torch.Tensor, done: torch.Tensor, l
 def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSettings,
            ctc: CtcPrefixScorer) -> list[list[int]]:
     """Beam search (K = beam_size, 1 = greedy) in the joint score (1 - w) log p_llm + w log p_ctc-prefix.
-    Each step scores the LLM's top `ctc_candidates` tokens and EOS of every hypothesis with the CTC."""
+    Each step scores the LLM's top `ctc_candidates` (at least 2K) tokens and EOS of every hypothesis with the CTC."""
     b, k, dev, w = inp.embeds.shape[0], s.beam_size, inp.embeds.device, s.ctc_weight
     step, procs = _Stepper(model, inp, s.use_cache), _processors(s)
     logits = step.first().repeat_interleave(k, 0)  # [B*K, V]
@@ -195,7 +195,7 @@ def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSe
     done = torch.zeros(b * k, dtype=torch.bool, device=dev)
     length = torch.zeros(b * k, dtype=torch.long, device=dev)
     budget = torch.tensor(max_new, device=dev).repeat_interleave(k)
-    n = min(s.ctc_candidates, logits.shape[1])
+    n = min(max(s.ctc_candidates, 2 * k), logits.shape[1])  # at least 2K: K live extensions must exist
     for t in range(max(max_new)):
         logp = _process(procs, history, logits, model.pad_id).log_softmax(-1)  # [B*K, V]
         top_lp, top_tok = logp.topk(n, -1)  # [B*K, n]
@@ -203,9 +203,7 @@ def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSe
         tok = torch.cat([top_tok, torch.full_like(top_tok[:, :1], model.eos_id)], 1)  # [B*K, n+1]
         lp = torch.cat([top_lp, logp[:, model.eos_id, None]], 1)
         prefix, r = ctc.extend(state, tok, model.eos_id)  # [B*K, n+1]
-        # an impossible prefix (-inf - -inf) costs the same large penalty for every candidate
-        gain = (prefix - state.score[:, None]).nan_to_num(nan=-1e4, neginf=-1e4).clamp_min(-1e4)
-        joint = (1 - w) * lp + w * gain
+        joint = (1 - w) * lp + w * score_gain(prefix, state)
         force_eos = ~done & (t >= budget)
         joint[force_eos] = float("-inf")
         joint[force_eos, -1] = 0.0
