@@ -84,3 +84,9 @@ def test_paper_profile_resolves_to_the_papers_recipe():
     assert s2.projector == "linear" and not s2.freeze_encoder
     assert (s2.llm.source, s2.llm.name_or_path) == ("hub", "meta-llama/Llama-2-7b-hf")
     assert (s2.lora.rank, s2.lora.alpha) == (8, 16.0)
+
+
+def test_joint_decoding_without_a_token_ctc_head_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"decoding.ctc_weight=0.4 .* 'linear': also set decoding.ctc_weight=0"):
+        load_config(overrides=["speech_llm.projector=linear"])
+    assert load_config(overrides=["speech_llm.projector=linear", "decoding.ctc_weight=0"]).decoding.ctc_weight == 0

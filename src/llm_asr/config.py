@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 LANGUAGES = ("english", "german", "dutch", "french", "spanish", "italian", "portuguese", "polish")
 Language = Literal["english", "german", "dutch", "french", "spanish", "italian", "portuguese", "polish"]
@@ -265,6 +265,15 @@ class Config(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _joint_decoding_needs_token_ctc(self) -> "Config":
+        if self.decoding.ctc_weight > 0 and self.speech_llm.projector != "token_ctc":
+            raise ValueError(
+                f"decoding.ctc_weight={self.decoding.ctc_weight:g} scores hypotheses with the token_ctc "
+                f"projector's CTC head, and speech_llm.projector is '{self.speech_llm.projector}': "
+                "also set decoding.ctc_weight=0")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -334,6 +343,8 @@ def _first_error(err: ValidationError) -> str:
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"unknown config key '{key}' (check spelling against params.yaml)"
+    if not key:  # a check across sections (Config's validators): its message names the keys
+        return str(e["msg"]).removeprefix("Value error, ")
     return f"config key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 

@@ -52,6 +52,19 @@ def test_lora_variant_trains_evaluates_and_transcribes(micro_speech_llm, tmp_pat
     assert all(isinstance(line["text"], str) for line in lines)
 
 
+def test_joint_ctc_decoding_evaluates_and_says_so(micro_speech_llm, tmp_path) -> None:
+    """The default profile's decoding (beam + token-CTC prefix scores) through the real evaluate stage."""
+    cfg, paths = micro_speech_llm
+    assert cfg.speech_llm.projector == "token_ctc"
+    out = tmp_path / "joint.json"
+    _cli("evaluate", "--profile", "micro", "--workdir", str(paths.workdir), "--system", "speech-llm",
+         "--model", str(paths.speech_llm_model), "--out", str(out), "--set", "decoding.ctc_weight=0.5",
+         "--set", "decoding.beam_size=2", "--set", "decoding.tokens_per_second=2")
+    metrics = json.loads(out.read_text())
+    assert metrics["decoding"] == "beam search 2 + token CTC prefix score (weight 0.5)"
+    assert all(m["utterances"] > 0 for m in metrics["languages"].values())
+
+
 def _variant_workdir(paths, work: Path) -> Path:
     """A workdir sharing the micro fixture's data and CTC model, for another stage-two variant."""
     (work / "models").mkdir(parents=True)
