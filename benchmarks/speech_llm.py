@@ -36,7 +36,8 @@ def build(stride_ms: int, projector: str = "linear"):
     from llm_asr.models.speech_llm_dir import build_speech_llm
 
     cfg = load_config(overrides=[f"speech_llm.stride_ms={stride_ms}", f"speech_llm.projector={projector}",
-                                 "speech_llm.aux_ctc_weight=0", "speech_llm.freeze_encoder=false"])
+                                 "speech_llm.aux_ctc_weight=0", "speech_llm.freeze_encoder=false",
+                                 "decoding.ctc_weight=0", "decoding.beam_size=1"])  # linear: no token CTC; greedy ratios
     llm, tok, _ = load_llm(cfg.speech_llm.llm, with_hash=False)
     ctc = CtcModel(build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins), cfg.ctc.tokenizer.vocab_size + 1)
     torch.manual_seed(0)
