@@ -168,6 +168,18 @@ def _finish(history: torch.Tensor, length: torch.Tensor, scores: torch.Tensor, p
     return out
 
 
+def _advance(top: torch.Tensor, src: torch.Tensor, token: torch.Tensor, done: torch.Tensor, length: torch.Tensor,
+             history: torch.Tensor, model: SpeechLlm) -> tuple[torch.Tensor, ...]:
+    """One beam step's bookkeeping: hypotheses from source rows `src` [B*K] took `token` [B*K] with
+    scores `top` [B, K]. Returns (scores, done, length, history, token, grow): `grow` marks the rows
+    that added a real token; EOS finishes a row, and finished rows emit pad."""
+    done, length, history = done[src], length[src], history[src]
+    newly = ~done & (token == model.eos_id)
+    grow = ~done & ~newly
+    token = torch.where(grow, token, torch.full_like(token, model.pad_id))
+    return top, done | newly, length + grow.long(), torch.cat([history, token[:, None]], 1), token, grow
+
+
 def _loop_guard(history: torch.Tensor, grow: torch.Tensor, done: torch.Tensor, length: torch.Tensor,
                 s: GenerationSettings, pad_id: int) -> None:
     """Stop (in place) each growing hypothesis whose output now ends in a loop, keeping one repeat."""
@@ -213,15 +225,8 @@ def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSe
         top, idx = (scores.reshape(-1, 1) + joint).reshape(b, -1).topk(k, dim=1)  # [B, K]
         src = (idx // width + torch.arange(b, device=dev)[:, None] * k).reshape(-1)  # [B*K]
         col = (idx % width).reshape(-1)
-        token = tok[src, col]
-        scores, done, length, history = top, done[src], length[src], history[src]
-        newly = ~done & (token == model.eos_id)
-        grow = ~done & ~newly
+        scores, done, length, history, token, grow = _advance(top, src, tok[src, col], done, length, history, model)
         state = CtcPrefixScorer.select(state, src, col, grow, ctc.token_class[token], prefix[src, col], r)
-        length = length + grow.long()
-        done = done | newly
-        token = torch.where(grow, token, torch.full_like(token, model.pad_id))
-        history = torch.cat([history, token[:, None]], 1)
         _loop_guard(history, grow, done, length, s, model.pad_id)
         if bool(done.all()):
             break
@@ -254,13 +259,7 @@ def _beam(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSet
         vocab = logp.shape[1]
         src = (idx // vocab + torch.arange(b, device=dev)[:, None] * k).reshape(-1)  # [B*K]
         tok = (idx % vocab).reshape(-1)  # [B*K]
-        scores, done, length, history = top, done[src], length[src], history[src]
-        newly = ~done & (tok == model.eos_id)
-        grow = ~done & ~newly
-        length = length + grow.long()
-        done = done | newly
-        tok = torch.where(grow, tok, torch.full_like(tok, model.pad_id))
-        history = torch.cat([history, tok[:, None]], 1)
+        scores, done, length, history, tok, grow = _advance(top, src, tok, done, length, history, model)
         _loop_guard(history, grow, done, length, s, model.pad_id)
         if bool(done.all()):
             break
