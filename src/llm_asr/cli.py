@@ -100,15 +100,18 @@ def evaluate(
     set_: SetOpt = None,
     workdir: WorkdirOpt = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="any MLS-layout directory (default: the corpus)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model dir or models:/ URI")] = None,
-    system: Annotated[str, typer.Option(help="speech-llm or ctc")] = "speech-llm",
+    model: Annotated[Optional[str], typer.Option(help="model dir or models:/ URI; whisper: a faster-whisper "
+                                                      "model dir or id (default: the packaged Whisper base)")] = None,
+    system: Annotated[str, typer.Option(help="speech-llm, ctc or whisper (the pretrained peer)")] = "speech-llm",
     split: Annotated[Optional[str], typer.Option(help="train, dev or test")] = None,
     out: Annotated[Optional[Path], typer.Option(help="where to write the metrics JSON")] = None,
 ) -> None:
     """Per-language WER/CER of a model on an MLS-layout directory."""
+    from llm_asr.inference import SYSTEMS
+
     cfg, paths = _load(profile, set_, workdir)
-    if system not in ("speech-llm", "ctc"):
-        err.print(f"[red]evaluate:[/red] --system must be 'speech-llm' or 'ctc', got '{system}'")
+    if system not in SYSTEMS:
+        err.print(f"[red]evaluate:[/red] --system must be one of {', '.join(SYSTEMS)}, got '{system}'")
         raise typer.Exit(2)
     result = _run_stage(
         "evaluate", cfg, paths, data_dir=data_dir, model=model, system=system, split=split, out=out
@@ -139,6 +142,8 @@ def register(
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="audio files (any length)")],
     model: Annotated[Optional[str], typer.Option(help="model dir or models:/ URI")] = None,
+    system: Annotated[Optional[str], typer.Option(
+        help="whisper for the Whisper peer system; default: speech-llm or ctc, read from the model dir")] = None,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
     workdir: WorkdirOpt = None,
@@ -147,9 +152,12 @@ def transcribe(
     cfg, paths = _load(profile, set_, workdir)
     from llm_asr import inference
 
+    if system is not None and system not in inference.SYSTEMS:
+        err.print(f"[red]transcribe:[/red] --system must be one of {', '.join(inference.SYSTEMS)}, got '{system}'")
+        raise typer.Exit(2)
     failed = 0
     try:
-        for line in inference.transcribe_files(cfg, paths, [str(a) for a in audio], model=model):
+        for line in inference.transcribe_files(cfg, paths, [str(a) for a in audio], model=model, system=system):
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
             failed += "error" in line
     except (UserError, FileNotFoundError) as e:

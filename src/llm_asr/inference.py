@@ -1,8 +1,9 @@
 """Load a trained system (local dir or models:/ URI) as a Recognizer and transcribe audio.
 
 A Recognizer turns a list of 16 kHz mono float32 waveforms into a list of texts:
-`recognizer.transcribe(waves: list[np.ndarray]) -> list[str]`. The CTC baseline and
-the speech-LLM both implement it, so evaluation, `transcribe` and serving share one path.
+`recognizer.transcribe(waves: list[np.ndarray]) -> list[str]`. The CTC baseline, the
+speech-LLM and the Whisper peer system implement it, so evaluation and `transcribe` share
+one path (serving builds the speech-LLM's recognizer directly, the same one).
 """
 
 from __future__ import annotations
@@ -38,7 +39,17 @@ def resolve_model_dir(model: str | Path | None, cfg: Config, paths: Paths, syste
     return path
 
 
+SYSTEMS = ("speech-llm", "ctc", "whisper")
+
+
 def load_recognizer(cfg: Config, paths: Paths, system: str, model: str | Path | None = None) -> Recognizer:
+    """`system`'s recognizer for MODEL; whisper: a faster-whisper dir or id (default: packaged Whisper base)."""
+    if system == "whisper":
+        from llm_asr.decoding.whisper import WhisperRecognizer
+
+        return WhisperRecognizer.from_config(cfg.whisper, paths.cache, paths.workdir, model)
+    if system not in SYSTEMS:
+        raise UserError(f"unknown system '{system}': use one of {', '.join(SYSTEMS)}")
     model_dir = resolve_model_dir(model, cfg, paths, system)
     if system == "ctc":
         from llm_asr.decoding.ctc import CtcRecognizer
@@ -48,7 +59,7 @@ def load_recognizer(cfg: Config, paths: Paths, system: str, model: str | Path | 
         from llm_asr.decoding.speech_llm import SpeechLlmRecognizer
 
         return SpeechLlmRecognizer.from_dir(model_dir, cfg.decoding)
-    raise UserError(f"unknown system '{system}': use 'speech-llm' or 'ctc'")
+    raise AssertionError(system)
 
 
 # ---- files of any length ---------------------------------------------------------------
@@ -95,15 +106,20 @@ def transcribe_long(recognizer: Recognizer, wave: np.ndarray, dcfg, sample_rate:
     return " ".join(words)
 
 
-def transcribe_files(cfg: Config, paths: Paths, files: list[str], model: str | Path | None = None):
+def transcribe_files(cfg: Config, paths: Paths, files: list[str], model: str | Path | None = None,
+                     system: str | None = None):
     """Yield {"audio": path, "text": ...} per file ({"audio": path, "error": why} for unreadable
-    audio); the system (speech-LLM or CTC) is read from the model directory. Files of any length: see `transcribe_long`."""
+    audio); without `system`, speech-LLM or CTC is read from the model directory. Files of any
+    length: see `transcribe_long`."""
     from llm_asr.data.audio import SAMPLE_RATE, load_audio
     from llm_asr.models.speech_llm_dir import is_speech_llm_dir
 
-    model_dir = resolve_model_dir(model, cfg, paths, "speech-llm")
-    system = "speech-llm" if is_speech_llm_dir(model_dir) else "ctc"
-    recognizer = load_recognizer(cfg, paths, system, model_dir)
+    if system == "whisper":
+        recognizer = load_recognizer(cfg, paths, system, model)
+    else:
+        model_dir = resolve_model_dir(model, cfg, paths, system or "speech-llm")
+        system = system or ("speech-llm" if is_speech_llm_dir(model_dir) else "ctc")
+        recognizer = load_recognizer(cfg, paths, system, model_dir)
     for path in files:
         try:
             wave = load_audio(path)

