@@ -54,6 +54,7 @@ class _Stepper:
         self.model, self.use_cache = model, use_cache
         self.embeds, self.mask, self.positions = inp.embeds, inp.mask, inp.positions
         self.cache = DynamicCache() if use_cache else None
+        self.slot = torch.arange(inp.embeds.shape[0], device=inp.embeds.device)  # hypothesis -> row here (-1: gone)
 
     def first(self) -> torch.Tensor:
         return self._run(self.embeds, self.mask, self.positions)
@@ -76,7 +77,21 @@ class _Stepper:
         else:
             self.embeds = self.embeds[index]
 
+    def advance(self, src: torch.Tensor, tokens: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """One search step: hypothesis i continues hypothesis src[i] with tokens[i]. Only the `live`
+        (unfinished) ones run the LLM: a finished hypothesis never reads its logits again, so its row
+        leaves the batch and the KV cache for good (its logits are zeros). Returns logits [len(src), V]."""
+        rows = live.nonzero().flatten()
+        self.reorder(self.slot[src[rows]])
+        part = self.next(tokens[rows])
+        self.slot = torch.full_like(src, -1)
+        self.slot[rows] = torch.arange(len(rows), device=src.device)
+        out = part.new_zeros(len(src), part.shape[1])
+        out[rows] = part
+        return out
+
     def expand(self, k: int) -> None:
+        self.slot = torch.arange(self.mask.shape[0] * k, device=self.mask.device)
         index = torch.arange(self.mask.shape[0]).repeat_interleave(k)
         self.mask, self.positions, self.embeds = self.mask[index], self.positions[index], self.embeds[index]
         if self.use_cache:
@@ -149,9 +164,10 @@ def _greedy(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationS
                 done[i] = True
         if all(done):
             break
-        nxt = torch.where(torch.tensor(done, device=nxt.device), torch.full_like(nxt, model.pad_id), nxt)
+        finished = torch.tensor(done, device=nxt.device)
+        nxt = torch.where(finished, torch.full_like(nxt, model.pad_id), nxt)
         history = torch.cat([history, nxt[:, None]], 1)
-        logits = step.next(nxt)
+        logits = step.advance(torch.arange(b, device=nxt.device), nxt, ~finished)
     return out
 
 
@@ -230,8 +246,7 @@ def _joint(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSe
         _loop_guard(history, grow, done, length, s, model.pad_id)
         if bool(done.all()):
             break
-        step.reorder(src)
-        logits = step.next(token)
+        logits = step.advance(src, token, ~done)
     return _finish(history, length, scores, model.pad_id)
 
 
@@ -263,6 +278,5 @@ def _beam(model: SpeechLlm, inp: LlmInputs, max_new: list[int], s: GenerationSet
         _loop_guard(history, grow, done, length, s, model.pad_id)
         if bool(done.all()):
             break
-        step.reorder(src)
-        logits = step.next(tok)
+        logits = step.advance(src, tok, ~done)
     return _finish(history, length, scores, model.pad_id)

@@ -72,6 +72,10 @@ class SpeechLlmRecognizer:
         from llm_asr.models.speech_llm_dir import load_model_dir
 
         model, tok, cfg = load_model_dir(Path(model_dir))
+        if hasattr(model.llm, "merge_adapter"):
+            # LoRA folded into q/k/v/o (W + s B A): the same function without 8 small matmuls per layer
+            # and step (measured 7% less LLM time in decoding); this model is never trained again
+            model.llm.merge_adapter()
         if torch.cuda.is_available():
             model = model.cuda()
         return cls(model, tok, cfg.features, load_cmvn(Path(model_dir) / "cmvn.json"), decoding_cfg or cfg.decoding)
