@@ -74,3 +74,25 @@ def test_loop_cut() -> None:
 
 def test_token_budget_grows_with_duration() -> None:
     assert token_budget([0.5, 4.0, 10.0], tokens_per_second=8.0, minimum=8) == [8, 32, 80]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_finished_rows_leave_the_llm_batch(tiny_llm_factory, monkeypatch, beam: int) -> None:
+    """A finished hypothesis never runs the LLM again (its logits are never read): with budgets
+    12/6/9 the LLM sees 3, then 2, then 1 utterance(s) (x beam) -- and the output is unchanged."""
+    import llm_asr.decoding.generate as gen
+
+    llm, tok = tiny_llm_factory()
+    model = tiny_speech_llm(llm, tok).eval()
+    torch.manual_seed(1)
+    whole, singles = _rows(model, torch.randn(3, 7, 64))
+    budgets = [12, 6, 9]
+    s = GenerationSettings(beam_size=beam, max_repeat_run=0)
+    rows: list[int] = []
+    run = gen._Stepper._run
+    monkeypatch.setattr(gen._Stepper, "_run", lambda self, e, *a: rows.append(e.shape[0]) or run(self, e, *a))
+    batched = generate(model, whole, budgets, s)
+    per_step = rows[1:]  # the batched search's calls after its first (prompt) one
+    assert batched == [generate(model, singles[i], [budgets[i]], s)[0] for i in range(3)]
+    assert per_step[0] == 3 * beam and per_step[-1] == beam  # only the 12-token row is left at the end
+    assert sorted(set(per_step), reverse=True) == [3 * beam, 2 * beam, beam] and per_step == sorted(per_step, reverse=True)
