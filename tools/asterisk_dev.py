@@ -11,6 +11,12 @@ speaker and one book per language), normalised as MLS transcripts are. Prompts w
 digits or spelled symbols (# * @ / + = % &) are dropped, as are prompts without a recording or a
 text; every drop is counted in `<out>/report.json`. A dev set to tune on and report, never to train on:
 `llm-asr evaluate --data-dir data/real_dev --split dev`.
+
+Only Italian by default: the French (armelle) and Spanish (co) recordings speak other wordings than
+the core-sounds texts of the same prompt names (Whisper base, language detected or given: es audio
+"ese agente ya ha entrado al sistema" for the text "ese agente ya ha sido autenticado"; 91% / 84% WER
+against 38.8% on Italian), so their pairs measure the mismatch, not a recognizer. `--languages french
+spanish` still builds them (to listen to, or to re-transcribe).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ SOURCES = {
     "italian": ("asterisk-prompt-it-menardi-wav", "usr/share/asterisk/sounds/it_IT_f_Menardi",
                 "asterisk-core-sounds-it", "it"),
 }
+MATCHED = ("italian",)  # the languages whose recordings say their texts (see the module docstring)
 SPEAKER, BOOK = 9000, 1
 SPELLED = re.compile(r"[\d#*@/+=%&<>\[\]|\\]")
 
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "data" / "real_dev")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "asterisk")
-    ap.add_argument("--languages", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--languages", nargs="+", default=list(MATCHED), choices=list(SOURCES))
     args = ap.parse_args(argv)
     report = {}
     for language in args.languages:
