@@ -33,6 +33,15 @@ def _load(profile: str | None, sets: list[str] | None, workdir: Path | None) -> 
     return cfg, Paths.at(workdir)
 
 
+def _check_system(command: str, system: str) -> None:
+    """Exit 2 with the known systems when --system names none of them."""
+    from llm_asr.inference import SYSTEMS
+
+    if system not in SYSTEMS:
+        err.print(f"[red]{command}:[/red] --system must be one of {', '.join(SYSTEMS)}, got '{system}'")
+        raise typer.Exit(2)
+
+
 def _run_stage(stage: str, cfg: Config, paths: Paths, **kwargs: Any) -> Any:
     module = importlib.import_module(f"llm_asr.stages.{stage}")
     try:
@@ -107,12 +116,8 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="where to write the metrics JSON")] = None,
 ) -> None:
     """Per-language WER/CER of a model on an MLS-layout directory."""
-    from llm_asr.inference import SYSTEMS
-
+    _check_system("evaluate", system)
     cfg, paths = _load(profile, set_, workdir)
-    if system not in SYSTEMS:
-        err.print(f"[red]evaluate:[/red] --system must be one of {', '.join(SYSTEMS)}, got '{system}'")
-        raise typer.Exit(2)
     result = _run_stage(
         "evaluate", cfg, paths, data_dir=data_dir, model=model, system=system, split=split, out=out
     )
@@ -152,9 +157,8 @@ def transcribe(
     cfg, paths = _load(profile, set_, workdir)
     from llm_asr import inference
 
-    if system is not None and system not in inference.SYSTEMS:
-        err.print(f"[red]transcribe:[/red] --system must be one of {', '.join(inference.SYSTEMS)}, got '{system}'")
-        raise typer.Exit(2)
+    if system is not None:
+        _check_system("transcribe", system)
     failed = 0
     try:
         for line in inference.transcribe_files(cfg, paths, [str(a) for a in audio], model=model, system=system):
