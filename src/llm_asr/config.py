@@ -151,9 +151,6 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
-    # data-parallel ranks the stage starts on this machine when it is not already under torchrun
-    # (training/distributed.spawn); max_duration_s and grad_accum are per rank. Stage one only.
-    processes: int = Field(1, ge=1)
 
 
 class CtcLmConfig(_Section):

@@ -171,18 +171,6 @@ def _write_reports(folder: Path, dev: dict[str, Any], curves_file: Path) -> None
     (folder / "valid_curve.json").write_text(json.dumps(valid_rows, indent=1))
 
 
-def _rank_main(cfg: Config, paths: Paths, resume: bool, tracking_uri: str, run_id: str) -> dict[str, Any]:
-    """One of the `ctc.train.processes` ranks `run` starts itself; rank 0 logs into the stage's run."""
-    import mlflow
-
-    info = D.init_from_env()
-    if not info.is_main:
-        return _train(cfg, paths, resume, info)
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        return _train(cfg, paths, resume, info)
-
-
 def run(cfg: Config, paths: Paths, resume: bool = False) -> dict[str, Any]:
     """Train the tokenizer and the CTC model; returns the training summary and dev WER."""
     info = D.init_from_env()
@@ -190,12 +178,8 @@ def run(cfg: Config, paths: Paths, resume: bool = False) -> dict[str, Any]:
         return _train(cfg, paths, resume, info)
     import mlflow
 
-    with tracking.stage_run(cfg, paths, "train_ctc") as stage_run:
-        if D.should_spawn(cfg.ctc.train.processes):
-            summary = D.spawn(cfg.ctc.train.processes, _rank_main, cfg, paths, resume,
-                              mlflow.get_tracking_uri(), stage_run.info.run_id)
-        else:
-            summary = _train(cfg, paths, resume, info)
+    with tracking.stage_run(cfg, paths, "train_ctc"):
+        summary = _train(cfg, paths, resume, info)
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         for name in ("curves.png", "curves.json", "dev_metrics.json", "config.json"):
             if (paths.ctc_model / name).exists():

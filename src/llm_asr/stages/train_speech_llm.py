@@ -144,11 +144,6 @@ def _parameter_counts(model: Any) -> dict[str, float]:
 def run(cfg: Config, paths: Paths, resume: bool = False) -> dict[str, Any]:
     """Train stage two; returns the training summary (steps, minutes, best dev loss, ...). Under
     torchrun only rank 0 opens the MLflow run and writes the model directory."""
-    asked = {"speech_llm.train.processes": cfg.speech_llm.train.processes,
-             "speech_llm.align.train.processes": cfg.speech_llm.align.train.processes}
-    if any(n > 1 for n in asked.values()):
-        raise UserError(f"stage two does not start its own ranks ({asked}): set them to 1 and run it under "
-                        "`torchrun --nproc-per-node N -m llm_asr.cli train-speech-llm` for data parallelism")
     info = D.init_from_env()
     if not info.is_main:
         summary = _train(cfg, paths, resume, info)

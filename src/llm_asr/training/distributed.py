@@ -10,11 +10,7 @@ DDP's (sum of per-rank gradients / world size), one collective per optimizer ste
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -104,44 +100,3 @@ def gather_objects(obj: object, info: DistInfo) -> list[object]:
     out: list[object] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def should_spawn(processes: int) -> bool:
-    """True when a stage asks for `processes` > 1 local ranks and is not already under torchrun."""
-    return processes > 1 and "WORLD_SIZE" not in os.environ
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawned(rank: int, n: int, port: int, threads: int, out: str, fn: Callable[..., Any], args: tuple) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
-    torch.set_num_threads(threads)
-    try:
-        result = fn(*args)
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def spawn(processes: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run `fn(*args)` in `processes` local ranks joined as one gloo group (what torchrun
-    --standalone would start), each with an equal share of this process's torch threads; returns
-    rank 0's result. A rank that fails stops all and re-raises here with its traceback.
-
-    Why: on 2 CPU cores, two 1-thread ranks train the small conformer ~1.3x faster than one
-    2-thread process (its matrices are too small for two threads to share well)."""
-    import torch.multiprocessing as mp
-
-    threads = max(1, torch.get_num_threads() // processes)
-    with tempfile.TemporaryDirectory(prefix="llm-asr-ranks-") as tmp:
-        out = str(Path(tmp) / "rank0.pt")
-        mp.start_processes(_spawned, args=(processes, _free_port(), threads, out, fn, args), nprocs=processes,
-                           join=True, start_method="spawn")
-        return torch.load(out, weights_only=False)
