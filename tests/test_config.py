@@ -68,6 +68,22 @@ def test_every_param_dvc_tracks_is_in_params_yaml():
                 node = node[part]
 
 
+def test_every_profile_section_dvc_tracks_is_in_its_file():
+    """The {configs/<profile>.yaml: [sections]} entries: dvc repro fails ('Parameters ... are missing from
+    configs/<profile>.yaml') for a section the file does not set."""
+    import yaml
+
+    from llm_asr.config import REPO_ROOT
+
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for entry in (e for e in stage.get("params", []) if isinstance(e, dict)):
+            for file, keys in entry.items():
+                data = yaml.safe_load((REPO_ROOT / file).read_text())
+                for key in keys:
+                    assert key in data, f"dvc stage {name}: {file} lacks '{key}'"
+
+
 def test_paper_profile_resolves_to_the_papers_recipe():
     """Fathullah et al. (2023): 18 x 512 conformer over 80 ms frames, a 1547-piece subword CTC vocabulary,
     3 frames stacked per 240 ms embedding, a linear projector into Llama-2-7B with LoRA r8, and the

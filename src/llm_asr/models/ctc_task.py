@@ -1,4 +1,4 @@
-"""The CTC training task for the shared trainer: batches of fbank + token ids, CTC loss, dev WER."""
+"""The CTC training task for the shared trainer: batches of features + token ids, CTC loss, dev WER."""
 
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ class CtcTask:
         return {"targets": targets, "target_lens": target_lens, "texts": texts}
 
     def _perturbed_features(self, cuts: CutSet) -> tuple[torch.Tensor, torch.Tensor]:
-        """Speed perturbation re-computes fbank from audio (python `random`: restored on resume)."""
-        from llm_asr.features import compute_fbank
+        """Speed perturbation re-computes the features from audio (python `random`: restored on resume)."""
+        from llm_asr.features import compute_features
 
         factors = (1.0,) + tuple(self.ccfg.augment.speed_perturb)
         mats = []
         for c in cuts:
             f = random.choice(factors)
             mats.append(c.load_features() if f == 1.0 else
-                        compute_fbank(c.drop_features().perturb_speed(f).load_audio()[0], self.fcfg))
+                        compute_features(c.drop_features().perturb_speed(f).load_audio()[0], self.fcfg))
         feats, lens = pad_features(mats)
         return apply_cmvn(feats, lens, self.cmvn), lens
 

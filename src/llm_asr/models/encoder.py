@@ -1,7 +1,9 @@
 """The audio encoder: conv subsampling x4 or x8 (40 or 80 ms frames) -> torchaudio Conformer, plus a CTC head.
 
 `build_encoder(ecfg, num_mel_bins, augment)` gives `encoder(feats [B,T,F], lens [B]) ->
-(out [B,T',D], out_lens [B])` with T' = ceil(T / 4) (x8: ceil(T / 8)). `CtcModel` = encoder + `ctc_head`
+(out [B,T',D], out_lens [B])` with T' = ceil(T / 4) (x8: ceil(T / 8)); with ctc.encoder.source=whisper,
+the pretrained Whisper encoder behind the same interface (models/whisper.py, 20 ms frames).
+`CtcModel` = encoder + `ctc_head`
 (a separate Linear, so stage two can reuse its log-probs). `CtcHead` may emit k outputs per frame
 (`ctc.encoder.ctc_upsample`). `load_ctc_model(model_dir)`
 loads a trained model directory strictly.
@@ -149,7 +151,7 @@ class CtcHead(nn.Linear):
 class CtcModel(nn.Module):
     """forward(feats, lens) -> (logits [B, T'*k, V], out_lens); V includes the blank (class 0)."""
 
-    def __init__(self, encoder: ConformerEncoder, num_classes: int, upsample: int = 1):
+    def __init__(self, encoder: nn.Module, num_classes: int, upsample: int = 1):
         super().__init__()
         self.encoder = encoder
         self.ctc_head = CtcHead(encoder.output_dim, num_classes, upsample)
@@ -159,13 +161,37 @@ class CtcModel(nn.Module):
         return self.ctc_head(enc), self.ctc_head.output_lengths(out_lens)
 
 
-def build_encoder(ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig | None = None) -> ConformerEncoder:
+def build_encoder(ecfg: EncoderConfig, num_mel_bins: int, augment: AugmentConfig | None = None,
+                  model_dir: Path | None = None) -> nn.Module:
+    """The encoder of `ctc.encoder.source`. `model_dir`: a trained model directory whose state dict the
+    caller loads next; a pretrained encoder is then built to the shape saved there (`encoder_files`),
+    without reading its pretrained weights."""
+    if ecfg.source == "whisper":
+        from llm_asr.models.whisper import build_whisper_encoder
+
+        return build_whisper_encoder(ecfg.whisper, num_mel_bins, augment, model_dir)
     return ConformerEncoder(ecfg, num_mel_bins, augment)
 
 
-def build_ctc_model(ccfg: CtcConfig, num_mel_bins: int, num_classes: int, train: bool = True) -> CtcModel:
-    """The CTC model; SpecAugment only when built for training."""
-    encoder = build_encoder(ccfg.encoder, num_mel_bins, ccfg.augment if train else None)
+def encoder_files(ecfg: EncoderConfig) -> tuple[str, ...]:
+    """The files besides the state dict that a model directory needs to rebuild its encoder."""
+    from llm_asr.models.whisper import ARCHITECTURE
+
+    return (ARCHITECTURE,) if ecfg.source == "whisper" else ()
+
+
+def save_encoder_files(encoder: nn.Module, folder: Path) -> None:
+    """Write `encoder_files` into a model directory (nothing for the conformer: its config says it all)."""
+    from llm_asr.models.whisper import WhisperEncoderAdapter
+
+    if isinstance(encoder, WhisperEncoderAdapter):
+        encoder.save_architecture(folder)
+
+
+def build_ctc_model(ccfg: CtcConfig, num_mel_bins: int, num_classes: int, train: bool = True,
+                    model_dir: Path | None = None) -> CtcModel:
+    """The CTC model; SpecAugment only when built for training; `model_dir` as for `build_encoder`."""
+    encoder = build_encoder(ccfg.encoder, num_mel_bins, ccfg.augment if train else None, model_dir)
     return CtcModel(encoder, num_classes, ccfg.encoder.ctc_upsample)
 
 
@@ -182,6 +208,7 @@ def load_ctc_model(model_dir: str | Path) -> tuple[CtcModel, Any, dict[str, Any]
     cfg_dict = json.loads((model_dir / "config.json").read_text())
     cfg = Config.model_validate(cfg_dict)
     tokenizer = CtcTokenizer(model_dir / "tokenizer.model")
-    model = build_ctc_model(cfg.ctc, cfg.features.num_mel_bins, tokenizer.num_classes, train=False)
+    model = build_ctc_model(cfg.ctc, cfg.features.num_mel_bins, tokenizer.num_classes, train=False,
+                            model_dir=model_dir)
     load_state_strict(model, torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval(), tokenizer, cfg_dict

@@ -7,6 +7,7 @@ the rest:
     trained.pt               encoder (+ CTC head when used) + projector, loaded strictly
     adapter/                 the LoRA adapter in peft's format (absent when the LLM is frozen)
     cmvn.json, tokenizer.model   copied from the CTC model (feature stats, CTC pieces)
+    whisper_encoder.json     copied from the CTC model when its encoder is Whisper (its shape)
     lm.arpa, lexicon.txt     copied from the CTC model when ctc_words reads LM-decoded words
 Never a copy of the LLM: it is reloaded from its reference and its hash is checked.
 """
@@ -123,8 +124,10 @@ def save_model_dir(model: SpeechLlm, cfg: Config, llm_ref: dict[str, str], ctc_d
         shutil.rmtree(out_dir / ADAPTER)
     save_adapter(model.llm, out_dir / ADAPTER)
     from llm_asr.decoding.ctc import LEXICON_FILE, LM_FILE
+    from llm_asr.models.encoder import encoder_files
 
-    for name in ("cmvn.json", "tokenizer.model") + ((LM_FILE, LEXICON_FILE) if uses_ctc_lm(cfg) else ()):
+    lm_files = (LM_FILE, LEXICON_FILE) if uses_ctc_lm(cfg) else ()
+    for name in ("cmvn.json", "tokenizer.model") + encoder_files(cfg.ctc.encoder) + lm_files:
         shutil.copyfile(ctc_dir / name, out_dir / name)
     meta = {
         "system": SYSTEM,
@@ -156,7 +159,8 @@ def load_model_dir(model_dir: Path) -> tuple[SpeechLlm, Any, Config]:
     check_reference(meta["llm_reference"], ref)
     state = torch.load(model_dir / TRAINED, map_location="cpu", weights_only=True)
     classes = meta["ctc_classes"] or 2
-    ctc = CtcModel(build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins), classes, cfg.ctc.encoder.ctc_upsample)
+    encoder = build_encoder(cfg.ctc.encoder, cfg.features.num_mel_bins, model_dir=model_dir)
+    ctc = CtcModel(encoder, classes, cfg.ctc.encoder.ctc_upsample)
     if cfg.speech_llm.projector == "ctc_words":  # it writes the CTC pieces as text
         from llm_asr.models.tokenizer import CtcTokenizer
 

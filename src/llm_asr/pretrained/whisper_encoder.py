@@ -323,7 +323,8 @@ def output_frames(encoder: nn.Module, num_mel_frames: int) -> int:
     return length
 
 
-def encode(encoder: nn.Module, mel: torch.Tensor, pad_to_30s: bool = False) -> torch.Tensor:
+def encode(encoder: nn.Module, mel: torch.Tensor, pad_to_30s: bool = False,
+           lens: torch.Tensor | None = None) -> torch.Tensor:
     """(batch, num_mel_bins, T) log-mel, T <= 3000 -> (batch, output_frames(T), d_model), 20 ms a frame.
 
     HF's forward refuses any T but 3000: it adds the whole 1500-row position table. Two ways around it:
@@ -332,19 +333,36 @@ def encode(encoder: nn.Module, mel: torch.Tensor, pad_to_30s: bool = False) -> t
     input: the 30 s context every Whisper training window had. pad_to_30s=False runs the encoder's own
     modules in HF's order on T frames, adding only the first output_frames(T) rows of the table: attention
     over T/2 frames instead of 1500, but a context Whisper never saw, so its frames differ from the padded
-    run's. Dropout follows encoder.training; LayerDrop is not applied (Whisper's is 0)."""
+    run's. Dropout follows encoder.training; LayerDrop is not applied (Whisper's is 0).
+
+    `lens` [batch]: the valid mel frames of each row of a batch padded to its longest row; each row then
+    gets the frames it gets alone (up to float rounding), and its frames past output_frames(lens) are
+    left for the caller to ignore. Its padding is zeroed before each conv (alone, a conv reads its own zero
+    padding past the end); with pad_to_30s that zeroed tail is the row's own 30 s padding, without it a
+    key-padding mask keeps every layer's attention inside the row (HF's encoder takes no attention mask:
+    it always attends over the whole 30 s window)."""
     full, length = input_frames(encoder), mel.shape[-1]
     if mel.ndim != 3 or mel.shape[1] != encoder.config.num_mel_bins or not 0 < length <= full:
         raise UserError(f"the Whisper encoder takes (batch, {encoder.config.num_mel_bins}, T <= {full}) "
                         f"log-mel, got {tuple(mel.shape)}: cut longer audio into {full}-frame windows")
     frames = output_frames(encoder, length)
+    valid = None if lens is None else torch.arange(length, device=mel.device)[None, :] < lens[:, None]  # [B, T]
+    if valid is not None:
+        mel = mel * valid[:, None, :].to(mel.dtype)  # [B, n_mels, T]: zeros past each row's end
     if pad_to_30s:
         padded = nn.functional.pad(mel, (0, full - length))  # (B, n_mels, T) -> (B, n_mels, 3000)
         return encoder(padded).last_hidden_state[:, :frames]  # (B, 1500, d) -> (B, frames, d)
     hidden = nn.functional.gelu(encoder.conv1(mel))  # (B, d, T)
+    if valid is not None:
+        hidden = hidden * valid[:, None, :].to(hidden.dtype)  # conv2 reads zeros past each row's end
     hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)  # (B, d, frames) -> (B, frames, d)
     hidden = hidden + encoder.embed_positions.weight[:frames]
     hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    mask = None
+    if lens is not None and bool((output_frames(encoder, lens) < frames).any()):
+        keys = torch.arange(frames, device=mel.device)[None, :] < output_frames(encoder, lens)[:, None]  # [B, F]
+        mask = torch.zeros(keys.shape, dtype=hidden.dtype, device=mel.device)  # additive: eager and SDPA
+        mask = mask.masked_fill(~keys, torch.finfo(hidden.dtype).min)[:, None, None, :]  # [B, 1, 1, frames]
     for layer in encoder.layers:
-        hidden = layer(hidden, None)
+        hidden = layer(hidden, mask)
     return encoder.layer_norm(hidden)

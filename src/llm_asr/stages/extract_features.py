@@ -1,10 +1,12 @@
-"""Stage: 80-d log-mel fbank for every cut (lhotse feature storage) and global CMVN stats.
+"""Stage: 80-d log-mel features for every cut (lhotse feature storage) and global CMVN stats.
 
 Run: `llm-asr extract-features [--profile P] [--set KEY=VALUE] [--workdir DIR]`
 Reads `data/manifests/cuts_<split>.jsonl.gz`; writes `data/features/cuts_<split>.jsonl.gz`
 (the same cuts with features attached, arrays under `data/features/storage/<split>/`; paths
 relative to the workdir, read them with `llm_asr.data.manifests.load_cuts`)
-and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split). A cut whose
+and `data/features/cmvn.json` ({"mean": [...], "std": [...]} over the train split; for
+features.kind=whisper the identity, mean 0 and std 1: Whisper's log-mel carries its own fixed
+normalisation, which the pretrained encoder expects unchanged). A cut whose
 audio can no longer be read is skipped and listed in `data/features/skipped.json`.
 """
 
@@ -17,15 +19,15 @@ import time
 from llm_asr import tracking
 from llm_asr.config import Config, FeaturesConfig
 from llm_asr.errors import UserError
-from llm_asr.features import FbankExtractor, RunningStats, save_cmvn
+from llm_asr.features import FbankExtractor, RunningStats, WhisperMelExtractor, identity_cmvn, save_cmvn
 from llm_asr.paths import Paths
 
 SPLITS = ("train", "dev", "test")
 CHUNK = 32  # cuts per worker task
 
 
-class _CountingFbank(FbankExtractor):
-    """FbankExtractor that also accumulates CMVN stats of what it extracts (no re-read from disk)."""
+class _Counting:
+    """Mixin for an extractor that also accumulates CMVN stats of what it extracts (no re-read from disk)."""
 
     def __init__(self, fcfg: FeaturesConfig) -> None:
         super().__init__(FbankExtractor.from_features_config(fcfg).config)
@@ -35,6 +37,17 @@ class _CountingFbank(FbankExtractor):
         feats = super().extract(samples, sampling_rate)
         self.stats.update(feats)
         return feats
+
+
+class _CountingFbank(_Counting, FbankExtractor):
+    pass
+
+
+class _CountingWhisperMel(_Counting, WhisperMelExtractor):
+    pass
+
+
+_COUNTING = {"fbank": _CountingFbank, "whisper": _CountingWhisperMel}  # by features.kind
 
 
 def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], RunningStats, float, list[dict]]:
@@ -55,7 +68,8 @@ def _extract_chunk(args: tuple[list[dict], str, dict]) -> tuple[list[dict], Runn
 
     torch.set_num_threads(1)
     cut_dicts, storage_dir, fcfg = args
-    extractor = _CountingFbank(FeaturesConfig(**fcfg))
+    fcfg = FeaturesConfig(**fcfg)
+    extractor = _COUNTING[fcfg.kind](fcfg)
     out, seconds, skipped = [], 0.0, []
     with KeyedWriter(storage_dir) as storage:
         for d in cut_dicts:
@@ -87,7 +101,7 @@ def extract_split(cfg: Config, paths: Paths, split: str, pool) -> tuple[int, Run
     skipped: list[dict] = []
     stats = RunningStats(cfg.features.num_mel_bins)
     seconds = 0.0
-    with tqdm(total=len(cuts), desc=f"fbank {split}", unit="cut") as bar:
+    with tqdm(total=len(cuts), desc=f"{cfg.features.kind} {split}", unit="cut") as bar:
         for out, st, sec, sk in pool.imap(_extract_chunk, jobs):  # ordered: output follows the manifest
             done += [relativize_cut(d, paths.workdir) for d in out]
             skipped += [{**s, "split": split} for s in sk]
@@ -121,7 +135,9 @@ def run(cfg: Config, paths: Paths) -> dict:
                 result["skipped"] += skipped
                 total_seconds += seconds
                 if split == "train":
-                    mean, std = stats.mean_std()
+                    mean, std = stats.mean_std()  # also refuses an empty train split, for either kind
+                    if cfg.features.kind == "whisper":
+                        mean, std = identity_cmvn(cfg.features.num_mel_bins)
                     save_cmvn(paths.features / "cmvn.json", mean, std, stats.n)
                     result["cmvn_frames"] = stats.n
         wall = time.time() - t0

@@ -1,9 +1,10 @@
-"""Stage one: sentencepiece tokenizer + conformer CTC encoder, also the baseline system.
+"""Stage one: sentencepiece tokenizer + CTC encoder (conformer, or pretrained Whisper), also the baseline system.
 
 Run: `llm-asr train-ctc [--profile P] [--set ctc.train.lr=...] [--workdir W] [--resume]`
 (under `torchrun --nproc-per-node 2 -m llm_asr.cli train-ctc` for data parallelism).
 Writes `models/ctc/`: model.pt (best dev-WER weights), config.json, tokenizer.model,
-cmvn.json, curves.json/png, dev_metrics.json (greedy CTC on the whole dev split), lm.arpa +
+cmvn.json, whisper_encoder.json (ctc.encoder.source=whisper only: the encoder's shape),
+curves.json/png, dev_metrics.json (greedy CTC on the whole dev split), lm.arpa +
 lexicon.txt (the baseline's word n-gram LM, see decoding/lm.py) and checkpoints/ (for --resume);
 and reports/ctc_train/ (dev metrics, train/valid curves for DVC).
 """
@@ -87,7 +88,7 @@ def _prepare_dir(out: Path, cfg: Config, paths: Paths, resume: bool, info: D.Dis
 
 def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[str, Any]:
     from llm_asr.models.ctc_task import CtcTask
-    from llm_asr.models.encoder import WEIGHTS, build_ctc_model
+    from llm_asr.models.encoder import WEIGHTS, build_ctc_model, save_encoder_files
     from llm_asr.training import train
     from llm_asr.training.checkpoint import atomic_save
 
@@ -96,6 +97,8 @@ def _train(cfg: Config, paths: Paths, resume: bool, info: D.DistInfo) -> dict[st
     dev_cuts = load_cuts(paths, "dev")
     torch.manual_seed(cfg.seed)
     model = build_ctc_model(cfg.ctc, cfg.features.num_mel_bins, tokenizer.num_classes)
+    if info.is_main:
+        save_encoder_files(model.encoder, out)  # a pretrained encoder's shape (its weights go in model.pt)
     task = CtcTask(model, tokenizer, cmvn, cfg.ctc, cfg.features)
     valid = per_language_subset(dev_cuts, cfg.ctc.valid_per_language)
     summary = train(task, train_cuts, valid, cfg.ctc.train, out / "checkpoints", resume=resume, seed=cfg.seed,
