@@ -303,7 +303,7 @@ def load_whisper_encoder(folder: str | Path):
 def packaged_whisper_encoder(cache: str | Path | None = None):
     """The packaged Whisper base's encoder; its folder is assembled once under `cache` (default: the repo's
     download cache, $LLM_ASR_CACHE or .cache, as `llm-asr evaluate --system whisper` uses)."""
-    from llm_asr.decoding.whisper import packaged_model_dir
+    from llm_asr.pretrained.whisper_package import packaged_model_dir
     from llm_asr.paths import Paths
 
     return load_whisper_encoder(packaged_model_dir(Path(cache) if cache else Paths.at().cache))
