@@ -13,6 +13,7 @@ import torch
 from llm_asr.config import LANGUAGES
 from llm_asr.decoding.ctc import CtcRecognizer
 from llm_asr.errors import UserError
+from llm_asr.evaluation import metrics_json
 from llm_asr.models.encoder import load_ctc_model
 from llm_asr.stages import evaluate
 from llm_asr.training.checkpoint import load_state_strict
@@ -128,6 +129,30 @@ def test_report_merges_the_three_systems(micro_speech_llm, tmp_path):
     text = (work.reports / "results.md").read_text()
     ratio = merged["speech-llm"]["average_wer"] / merged["ctc-greedy"]["average_wer"]
     assert "| german |" in text and f"Speech-LLM / CTC greedy (no LM; the paper's comparison): **{ratio:.3f}x**" in text
+    assert "whisper" not in merged and "Peer" not in text  # no peer evaluated: no peer section
+    for name in systems:  # hyps.jsonl: one line per scored utterance, and the WER recomputes from it
+        rows = evaluate.read_hyps(work.reports / report.SYSTEMS[name] / "hyps.jsonl")
+        again = metrics_json(name, "-", evaluate.by_language(rows))
+        assert again["languages"] == merged[name]["languages"] and len({r["id"] for r in rows}) == len(rows)
+
+    # the peer (the real packaged Whisper base) on the first test utterance per language: every system is
+    # re-scored on exactly those utterances
+    peer_cfg = load_config("micro", ["evaluate.max_utterances_per_language=1"])
+    evaluate.run(peer_cfg, paths, system="whisper", out=work.reports / "whisper" / "metrics.json")
+    merged = report.run(cfg, work)
+    assert list(merged) == ["ctc", "ctc-greedy", "speech-llm", "whisper"]
+    same = merged["whisper"]["same_utterances"]
+    assert list(same) == ["ctc", "ctc-greedy", "speech-llm", "whisper"]
+    assert all(v["languages"][lang]["utterances"] == 1 for v in same.values() for lang in v["languages"])
+    peer_ids = {r["id"] for r in evaluate.read_hyps(work.reports / "whisper" / "hyps.jsonl")}
+    ctc_rows = [r for r in evaluate.read_hyps(work.reports / "ctc" / "hyps.jsonl") if r["id"] in peer_ids]
+    assert same["ctc"]["average_wer"] == metrics_json("ctc", "-", evaluate.by_language(ctc_rows))["average_wer"]
+    text = (work.reports / "results.md").read_text()
+    assert "## Peer: Whisper base" in text and f"**{same['speech-llm']['average_wer']:.2f}**" in text
+    (work.reports / "ctc" / "hyps.jsonl").unlink()  # an old evaluation without hyps: say what to re-run
+    with pytest.raises(UserError, match="re-run `llm-asr evaluate --system ctc"):
+        report.run(cfg, work)
+    shutil.rmtree(work.reports / "whisper")
     (work.reports / "ctc_greedy" / "metrics.json").unlink()
     with pytest.raises(UserError, match="--system ctc --set ctc.lm.weight=0"):
         report.run(cfg, work)

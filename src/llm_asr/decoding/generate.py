@@ -100,7 +100,7 @@ class _Stepper:
     def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model.base_llm.model(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-            past_key_values=self.cache, use_cache=self.use_cache,
+            cache=self.cache, use_cache=self.use_cache,
         )
         return self.model.lm_head(out.last_hidden_state[:, -1]).float()  # [R, V]
 

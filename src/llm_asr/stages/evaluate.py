@@ -2,7 +2,8 @@
 
 Run: `llm-asr evaluate --system ctc|speech-llm|whisper [--data-dir DIR] [--model PATH|models:/...]
 [--split test] [--out FILE]`. Writes FILE (default reports/<system>/metrics.json) plus
-wer.md and wer.png beside it. Unreadable utterances are skipped and counted, never fatal.
+wer.md, wer.png and hyps.jsonl (one line per scored utterance: id, language, ref, hyp) beside it.
+Unreadable utterances are skipped, counted and listed in skipped.json, never fatal.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ def _limit(items: list, per_language: int) -> list:
     return out
 
 
-def transcribe_items(recognizer: Any, items: list, batch_size: int) -> tuple[dict[str, tuple[list, list]], list]:
-    """{language: (refs, hyps)} and the items whose audio could not be read."""
+def transcribe_items(recognizer: Any, items: list, batch_size: int) -> tuple[list[dict], list]:
+    """One {"id", "language", "ref", "hyp"} per decoded item, and the items whose audio could not be read."""
     from llm_asr.data.audio import load_audio
     from llm_asr.errors import UserError
 
-    by_lang: dict[str, tuple[list[str], list[str]]] = {}
+    decoded: list[dict] = []
     bad: list[dict] = []
     items = sorted(items, key=lambda it: it.duration)  # similar lengths in a batch
     bar = tqdm(total=len(items), desc="evaluate", unit="utt")
@@ -49,12 +50,25 @@ def transcribe_items(recognizer: Any, items: list, batch_size: int) -> tuple[dic
             except (UserError, OSError, ValueError) as e:  # BadAudio is a UserError
                 bad.append({"id": it.id, "language": it.language, "reason": str(e)[:200]})
         for it, hyp in zip(chunk, recognizer.transcribe(waves) if waves else []):
-            refs, hyps = by_lang.setdefault(it.language, ([], []))
-            refs.append(it.text)
-            hyps.append(hyp)
+            decoded.append({"id": it.id, "language": it.language, "ref": it.text, "hyp": hyp})
         bar.update(len(items[start : start + batch_size]))
     bar.close()
-    return by_lang, bad
+    return sorted(decoded, key=lambda d: (d["language"], d["id"])), bad
+
+
+def by_language(decoded: list[dict]) -> dict[str, tuple[list[str], list[str]]]:
+    """{language: (refs, hyps)} of transcribe_items' records, as metrics_json takes them."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for d in decoded:
+        refs, hyps = out.setdefault(d["language"], ([], []))
+        refs.append(d["ref"])
+        hyps.append(d["hyp"])
+    return out
+
+
+def read_hyps(path: Path) -> list[dict]:
+    """hyps.jsonl as evaluate writes it."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def run(
@@ -81,7 +95,8 @@ def run(
         items, skipped = read_mls_dir(data_dir, split, languages, max_duration_s=cfg.data.max_utterance_s)
         items = _limit(items, cfg.evaluate.max_utterances_per_language)
         recognizer = load_recognizer(cfg, paths, system, model)
-        by_lang, bad = transcribe_items(recognizer, items, cfg.decoding.batch_size)
+        decoded, bad = transcribe_items(recognizer, items, cfg.decoding.batch_size)
+        by_lang = by_language(decoded)
         if not by_lang:
             raise UserError(f"{data_dir}: no '{split}' utterance could be decoded ({len(bad)} unreadable)")
         # a recognizer that names its own default model (whisper: the packaged Whisper base) says so
@@ -93,11 +108,12 @@ def run(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
         (out.parent / "wer.md").write_text(markdown_table(result))
+        (out.parent / "hyps.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in decoded))
         bar_chart(result, out.parent / "wer.png")
         if skipped or bad:
             (out.parent / "skipped.json").write_text(json.dumps(skipped + bad, indent=1, default=str))
         mlflow.log_metrics({"average_wer": result["average_wer"], "skipped": result["skipped"]})
         mlflow.log_metrics({f"{k}_{lang}": v[k] for lang, v in result["languages"].items() for k in ("wer", "cer")})
-        for f in (out, out.parent / "wer.md", out.parent / "wer.png"):
+        for f in (out, out.parent / "wer.md", out.parent / "wer.png", out.parent / "hyps.jsonl"):
             mlflow.log_artifact(str(f), artifact_path=f"evaluate_{system.replace('-', '_')}")
     return result

@@ -5,7 +5,11 @@ of one run (`ctc`: the baseline as the DAG decodes it, with its n-gram LM; `ctc-
 model without LM, the paper's LM-free comparison; `speech-llm`) and, where evaluated, their
 out-of-domain scores reports/<system>/ood/metrics.json. Writes reports/metrics.json =
 {"ctc": {..., "test_ood": {...}}, "ctc-greedy": ..., "speech-llm": ...} and reports/results.md
-(per-language WER/CER side by side, the speech-LLM's ratio to both baselines). Then it prints
+(per-language WER/CER side by side, the speech-LLM's ratio to both baselines). When the peer was
+evaluated (reports/whisper/metrics.json: Whisper base, what a user would pick instead; the DAG scores
+it on a per-language subset of the test set, its cost being ~1.2 s per utterance here), metrics.json
+gains "whisper" and results.md a table of every system on exactly the peer's utterances, each system's
+WER recomputed from its hyps.jsonl restricted to those ids ("same_utterances"). Then it prints
 (and logs) this run's speech-LLM and CTC WER against the registered champion version's
 (`champion_delta`), or says why it cannot: no registry answering, no champion yet.
 """
@@ -27,6 +31,7 @@ from llm_asr.paths import Paths
 SYSTEMS = {"ctc": "ctc", "ctc-greedy": "ctc_greedy", "speech-llm": "speech_llm"}
 HOW = {"ctc": "--system ctc", "ctc-greedy": "--system ctc --set ctc.lm.weight=0", "speech-llm": "--system speech-llm"}
 OOD = "test_ood"
+PEER, PEER_FOLDER = "whisper", "whisper"
 console = Console(stderr=True)
 PAPER_RATIO = 0.82  # Fathullah et al. (2023): 18% lower average WER than the LM-free CTC baseline
 
@@ -54,6 +59,38 @@ def merge(paths: Paths) -> dict[str, Any]:
     return merged
 
 
+def peer(paths: Paths) -> dict[str, Any] | None:
+    """The Whisper peer's metrics with "same_utterances": {system: its metrics JSON on the peer's
+    utterance ids}, from every system's hyps.jsonl; None when the peer was not evaluated."""
+    from llm_asr.evaluation import metrics_json
+    from llm_asr.stages.evaluate import by_language, read_hyps
+
+    folder = paths.reports / PEER_FOLDER
+    if not (folder / "metrics.json").is_file():
+        return None
+    result = json.loads((folder / "metrics.json").read_text())
+    hyps = folder / "hyps.jsonl"
+    if not hyps.is_file():
+        raise UserError(f"{folder / 'metrics.json'} has no hyps.jsonl beside it: re-run `llm-asr evaluate "
+                        f"--system whisper --out {folder / 'metrics.json'}` with this version")
+    ids = {d["id"] for d in read_hyps(hyps)}
+    same: dict[str, Any] = {}
+    for system, sub in SYSTEMS.items():
+        theirs = paths.reports / sub / "hyps.jsonl"
+        if not theirs.is_file():
+            raise UserError(f"no {theirs}: re-run `llm-asr evaluate {HOW[system]} --out "
+                            f"{theirs.parent / 'metrics.json'}` (this version writes it) before the report")
+        rows = [d for d in read_hyps(theirs) if d["id"] in ids]
+        missing = ids - {d["id"] for d in rows}
+        if missing:
+            raise UserError(f"{theirs} lacks {len(missing)} of the peer's {len(ids)} utterances (e.g. "
+                            f"{sorted(missing)[0]}): score the peer and the systems on the same --data-dir/--split")
+        same[system] = metrics_json(system, "same utterances as the peer", by_language(rows))
+    same[PEER] = {k: result[k] for k in ("system", "model", "average_wer", "languages")}
+    result["same_utterances"] = same
+    return result
+
+
 def ratios(merged: dict[str, Any], key: str | None = None) -> dict[str, float]:
     """Speech-LLM average WER over each baseline's (on the in-domain test, or on `key`, e.g. test_ood)."""
     def wer(system: str) -> float | None:
@@ -78,17 +115,30 @@ def results_markdown(cfg: Config, merged: dict[str, Any]) -> str:
         f"(the paper: {PAPER_RATIO}x). Speech-LLM / CTC + n-gram LM: **{r['speech_llm_to_ctc']:.3f}x**.",
         "",
     ]
-    if all(OOD in m for m in merged.values()):
+    ours = {s: merged[s] for s in SYSTEMS}
+    if all(OOD in m for m in ours.values()):
         o = ratios(merged, OOD)
         lines += [
             "## Out-of-domain test (other text, unseen voices)",
             "",
-            comparison_table({s: m[OOD] for s, m in merged.items()}),
+            comparison_table({s: m[OOD] for s, m in ours.items()}),
             f"Speech-LLM / CTC greedy: **{o['speech_llm_to_ctc_greedy']:.3f}x**; "
             f"speech-LLM / CTC + LM: **{o['speech_llm_to_ctc']:.3f}x**.",
             "",
         ]
-    lines += [markdown_table({k: v for k, v in m.items() if k != OOD}) for m in merged.values()]
+    if PEER in merged:
+        p = merged[PEER]
+        n = sum(v["utterances"] for v in p["languages"].values())
+        lines += [
+            "## Peer: Whisper base (what a user would run instead)",
+            "",
+            f"{p['model']}; {p.get('decoding', '?')}. Scored on {n} test utterances "
+            f"(the first {p.get('max_utterances_per_language') or 'all'} per language); every system below "
+            "on exactly those utterances (WER from each system's hyps.jsonl).",
+            "",
+            comparison_table(p["same_utterances"]),
+        ]
+    lines += [markdown_table({k: v for k, v in merged[s].items() if k != OOD}) for s in SYSTEMS]
     return "\n".join(lines)
 
 
@@ -126,6 +176,9 @@ def champion_delta(cfg: Config, paths: Paths, merged: dict[str, Any]) -> dict[st
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Returns the merged metrics dict."""
     merged = merge(paths)
+    whisper = peer(paths)
+    if whisper is not None:
+        merged[PEER] = whisper
     paths.reports.mkdir(parents=True, exist_ok=True)
     (paths.reports / "metrics.json").write_text(json.dumps(merged, indent=1, ensure_ascii=False) + "\n")
     (paths.reports / "results.md").write_text(results_markdown(cfg, merged))
@@ -134,6 +187,9 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
 
         for system, m in merged.items():
             mlflow.log_metric(f"{system.replace('-', '_')}_average_wer", m["average_wer"])
+            if system == PEER:
+                mlflow.log_metrics({f"{s.replace('-', '_')}_wer_on_peer_utterances": v["average_wer"]
+                                    for s, v in m["same_utterances"].items()})
             if OOD in m:
                 mlflow.log_metric(f"{system.replace('-', '_')}_ood_average_wer", m[OOD]["average_wer"])
         mlflow.log_metrics({f"wer_ratio_{k}": v for k, v in ratios(merged).items()})
