@@ -98,6 +98,28 @@ def test_whisper_base_transcribes_english_speech(recognizer):
     assert recognizer.transcribe([]) == [] and recognizer.transcribe([np.zeros(0, np.float32)]) == [""]
 
 
+@pytest.mark.integration
+def test_given_language_is_passed_to_whisper_and_an_unknown_one_is_an_error(recognizer, monkeypatch):
+    """whisper.language 'given' (the default): evaluate's MLS language reaches faster-whisper as its code,
+    so no detection pass runs; a language Whisper lacks is a UserError, never a silent detection."""
+    assert recognizer.wants_languages and "language given" in recognizer.decoding
+    seen = []
+    real = recognizer.model.transcribe
+
+    def spy(wave, **kw):
+        seen.append(kw["language"])
+        return real(wave, **kw)
+
+    monkeypatch.setattr(recognizer.model, "transcribe", spy)
+    wave = _speech(next(iter(SENTENCES.values())))
+    ref = normalize_transcript(next(iter(SENTENCES.values())))
+    assert jiwer.wer(ref, recognizer.transcribe([wave], ["english"])[0]) < 0.3
+    recognizer.transcribe([wave])  # no language (a file): detected
+    assert seen == ["en", None]
+    with pytest.raises(UserError, match="'klingon' is not one Whisper knows: set whisper.language=auto"):
+        recognizer.transcribe([wave], ["klingon"])
+
+
 def _ctc_keys(tmp_path, data, monkeypatch) -> set[str]:
     """The keys of a ctc metrics JSON from the same evaluate stage, with a stand-in CTC recognizer."""
     from llm_asr import inference

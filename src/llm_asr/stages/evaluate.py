@@ -49,7 +49,9 @@ def transcribe_items(recognizer: Any, items: list, batch_size: int) -> tuple[lis
                 chunk.append(it)
             except (UserError, OSError, ValueError) as e:  # BadAudio is a UserError
                 bad.append({"id": it.id, "language": it.language, "reason": str(e)[:200]})
-        for it, hyp in zip(chunk, recognizer.transcribe(waves) if waves else []):
+        # a recognizer that can be told the language (whisper.language: given) is told each item's
+        told = {"languages": [it.language for it in chunk]} if getattr(recognizer, "wants_languages", False) else {}
+        for it, hyp in zip(chunk, recognizer.transcribe(waves, **told) if waves else []):
             decoded.append({"id": it.id, "language": it.language, "ref": it.text, "hyp": hyp})
         bar.update(len(items[start : start + batch_size]))
     bar.close()
