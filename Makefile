@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # libtcmalloc-minimal4: `make run` preloads tcmalloc (see run below)
 APT_PACKAGES := espeak-ng flac libsndfile1 libtcmalloc-minimal4
-PROFILE ?= default
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -36,10 +35,21 @@ $(STAMP): requirements.lock pyproject.toml
 # default data (benchmarks/ has no timed assertion): CTC step 0.775 -> 0.629 s, SmolLM2 stage-two step
 # 0.872 -> 0.828 s, joint decoding of 64 dev utterances 21.0 -> 20.3 s. The allocator changes speed and
 # memory, not results (PyTorch aligns its CPU tensors itself). LLM_ASR_MALLOC=glibc turns it off.
+# make run PROFILE=whisper: the same DAG for configs/<PROFILE>.yaml, as a DVC experiment in the workspace when
+# params.yaml names another profile (dvc exp run -S profile=<PROFILE>: params.yaml keeps profile: <PROFILE>
+# afterwards, `dvc exp show` lists the experiment); without PROFILE, params.yaml's own profile (dvc repro)
+PROFILE ?=
 run: setup  ## the default DAG on this machine (dvc repro), its stages grouped under one MLflow parent run
 	@lib=$$([ "$${LLM_ASR_MALLOC:-tcmalloc}" = glibc ] || /sbin/ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $$NF; exit}'); \
 	echo "allocator: $${lib:-glibc malloc}"; \
-	LD_PRELOAD="$$lib" LLM_ASR_PIPELINE_RUN="$${LLM_ASR_PIPELINE_RUN:-repro-$$(date +%Y%m%d-%H%M%S)}" $(BIN)/dvc repro
+	stamp=$$(date +%Y%m%d-%H%M%S); \
+	now=$$(awk '/^profile:/{print $$2; exit}' params.yaml); \
+	if [ -n "$(PROFILE)" ] && [ "$(PROFILE)" != "$$now" ]; then \
+	  [ "$(PROFILE)" = default ] || [ -f "configs/$(PROFILE).yaml" ] || { echo "PROFILE=$(PROFILE): no configs/$(PROFILE).yaml (profiles: $$(ls configs | sed 's/\.yaml//' | tr '\n' ' '))"; exit 2; }; \
+	  cmd="$(BIN)/dvc exp run -S profile=$(PROFILE) -n $(PROFILE)-$$stamp"; \
+	else cmd="$(BIN)/dvc repro"; fi; \
+	echo "$$cmd"; \
+	LD_PRELOAD="$$lib" LLM_ASR_PIPELINE_RUN="$${LLM_ASR_PIPELINE_RUN:-repro-$$stamp}" $$cmd
 
 test: setup  ## the whole test suite (unit + micro-profile integration)
 	$(BIN)/python -m pytest -q
