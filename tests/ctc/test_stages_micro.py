@@ -149,6 +149,8 @@ def test_report_merges_the_three_systems(micro_speech_llm, tmp_path):
     assert same["ctc"]["average_wer"] == metrics_json("ctc", "-", evaluate.by_language(ctc_rows))["average_wer"]
     text = (work.reports / "results.md").read_text()
     assert "## Peer: Whisper base" in text and f"**{same['speech-llm']['average_wer']:.2f}**" in text
+    assert merged["whisper"]["same_utterances_count"] == sum(v["utterances"] for v in same["whisper"]["languages"].values())
+    assert merged["whisper"]["peer_utterances_not_shared"] == 0
     (work.reports / "ctc" / "hyps.jsonl").unlink()  # an old evaluation without hyps: say what to re-run
     with pytest.raises(UserError, match="re-run `llm-asr evaluate --system ctc"):
         report.run(cfg, work)

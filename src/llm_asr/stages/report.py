@@ -60,8 +60,9 @@ def merge(paths: Paths) -> dict[str, Any]:
 
 
 def peer(paths: Paths) -> dict[str, Any] | None:
-    """The Whisper peer's metrics with "same_utterances": {system: its metrics JSON on the peer's
-    utterance ids}, from every system's hyps.jsonl; None when the peer was not evaluated."""
+    """The Whisper peer's metrics with "same_utterances": {system: its metrics JSON on the utterances the
+    peer and every system all scored}, from each one's hyps.jsonl (the peer's own row too), and
+    "same_utterances_count"; None when the peer was not evaluated."""
     from llm_asr.evaluation import metrics_json
     from llm_asr.stages.evaluate import by_language, read_hyps
 
@@ -69,25 +70,25 @@ def peer(paths: Paths) -> dict[str, Any] | None:
     if not (folder / "metrics.json").is_file():
         return None
     result = json.loads((folder / "metrics.json").read_text())
-    hyps = folder / "hyps.jsonl"
-    if not hyps.is_file():
-        raise UserError(f"{folder / 'metrics.json'} has no hyps.jsonl beside it: re-run `llm-asr evaluate "
-                        f"--system whisper --out {folder / 'metrics.json'}` with this version")
-    ids = {d["id"] for d in read_hyps(hyps)}
-    same: dict[str, Any] = {}
-    for system, sub in SYSTEMS.items():
-        theirs = paths.reports / sub / "hyps.jsonl"
-        if not theirs.is_file():
-            raise UserError(f"no {theirs}: re-run `llm-asr evaluate {HOW[system]} --out "
-                            f"{theirs.parent / 'metrics.json'}` (this version writes it) before the report")
-        rows = [d for d in read_hyps(theirs) if d["id"] in ids]
-        missing = ids - {d["id"] for d in rows}
-        if missing:
-            raise UserError(f"{theirs} lacks {len(missing)} of the peer's {len(ids)} utterances (e.g. "
-                            f"{sorted(missing)[0]}): score the peer and the systems on the same --data-dir/--split")
-        same[system] = metrics_json(system, "same utterances as the peer", by_language(rows))
-    same[PEER] = {k: result[k] for k in ("system", "model", "average_wer", "languages")}
-    result["same_utterances"] = same
+    rows = {PEER: folder / "hyps.jsonl"} | {s: paths.reports / sub / "hyps.jsonl" for s, sub in SYSTEMS.items()}
+    hyps: dict[str, list[dict]] = {}
+    for system, path in rows.items():
+        if not path.is_file():
+            how = HOW.get(system, "--system whisper")
+            raise UserError(f"no {path}: re-run `llm-asr evaluate {how} --out {path.parent / 'metrics.json'}` "
+                            "(this version writes it) before the report")
+        hyps[system] = read_hyps(path)
+    common = set.intersection(*({d["id"] for d in h} for h in hyps.values()))
+    if not common:
+        raise UserError(f"the peer ({folder}) and the systems scored no utterance in common: evaluate them on "
+                        "the same --data-dir and --split")
+    dropped = len(hyps[PEER]) - len(common)
+    if dropped:  # e.g. the systems were scored on a smaller subset: a counted decision, never silent
+        console.print(f"peer table: {dropped} of the peer's {len(hyps[PEER])} utterances were not scored by "
+                      f"every system; the table uses the {len(common)} all of them scored")
+    same = {s: metrics_json(s, "same utterances", by_language([d for d in h if d["id"] in common]))
+            for s, h in ((s, hyps[s]) for s in (*SYSTEMS, PEER))}
+    result.update(same_utterances=same, same_utterances_count=len(common), peer_utterances_not_shared=dropped)
     return result
 
 
@@ -132,9 +133,10 @@ def results_markdown(cfg: Config, merged: dict[str, Any]) -> str:
         lines += [
             "## Peer: Whisper base (what a user would run instead)",
             "",
-            f"{p['model']}; {p.get('decoding', '?')}. Scored on {n} test utterances "
-            f"(the first {p.get('max_utterances_per_language') or 'all'} per language); every system below "
-            "on exactly those utterances (WER from each system's hyps.jsonl).",
+            f"{p['model']}; {p.get('decoding', '?')}. Scored on {n} test utterances (the first "
+            f"{p.get('max_utterances_per_language') or 'all'} per language); every system below, the peer "
+            f"included, on exactly the {p['same_utterances_count']} of them that all scored "
+            f"({p['peer_utterances_not_shared']} not shared), WER from each system's hyps.jsonl.",
             "",
             comparison_table(p["same_utterances"]),
         ]
