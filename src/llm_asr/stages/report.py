@@ -7,9 +7,9 @@ out-of-domain scores reports/<system>/ood/metrics.json. Writes reports/metrics.j
 {"ctc": {..., "test_ood": {...}}, "ctc-greedy": ..., "speech-llm": ...} and reports/results.md
 (per-language WER/CER side by side, the speech-LLM's ratio to both baselines). When the peer was
 evaluated (reports/whisper/metrics.json: Whisper base, what a user would pick instead; the DAG scores
-it on a per-language subset of the test set, its cost being ~1.2 s per utterance here), metrics.json
-gains "whisper" and results.md a table of every system on exactly the peer's utterances, each system's
-WER recomputed from its hyps.jsonl restricted to those ids ("same_utterances"). Then it prints
+it on a per-language subset of the test set, ~0.8 s per utterance here), metrics.json gains "whisper"
+and results.md a table of every system on the utterances the peer and all systems scored, each WER
+recomputed from the hyps.jsonl files restricted to those ids ("same_utterances"). Then it prints
 (and logs) this run's speech-LLM and CTC WER against the registered champion version's
 (`champion_delta`), or says why it cannot: no registry answering, no champion yet.
 """
@@ -29,9 +29,10 @@ from llm_asr.evaluation import comparison_table, markdown_table
 from llm_asr.paths import Paths
 
 SYSTEMS = {"ctc": "ctc", "ctc-greedy": "ctc_greedy", "speech-llm": "speech_llm"}
-HOW = {"ctc": "--system ctc", "ctc-greedy": "--system ctc --set ctc.lm.weight=0", "speech-llm": "--system speech-llm"}
+PEER = "whisper"  # reports/whisper/: the peer system, optional (the DAG's evaluate_whisper stage)
+HOW = {"ctc": "--system ctc", "ctc-greedy": "--system ctc --set ctc.lm.weight=0",
+       "speech-llm": "--system speech-llm", PEER: "--system whisper"}
 OOD = "test_ood"
-PEER, PEER_FOLDER = "whisper", "whisper"
 console = Console(stderr=True)
 PAPER_RATIO = 0.82  # Fathullah et al. (2023): 18% lower average WER than the LM-free CTC baseline
 
@@ -66,17 +67,16 @@ def peer(paths: Paths) -> dict[str, Any] | None:
     from llm_asr.evaluation import metrics_json
     from llm_asr.stages.evaluate import by_language, read_hyps
 
-    folder = paths.reports / PEER_FOLDER
+    folder = paths.reports / PEER
     if not (folder / "metrics.json").is_file():
         return None
     result = json.loads((folder / "metrics.json").read_text())
-    rows = {PEER: folder / "hyps.jsonl"} | {s: paths.reports / sub / "hyps.jsonl" for s, sub in SYSTEMS.items()}
     hyps: dict[str, list[dict]] = {}
-    for system, path in rows.items():
+    for system, sub in {**SYSTEMS, PEER: PEER}.items():
+        path = paths.reports / sub / "hyps.jsonl"
         if not path.is_file():
-            how = HOW.get(system, "--system whisper")
-            raise UserError(f"no {path}: re-run `llm-asr evaluate {how} --out {path.parent / 'metrics.json'}` "
-                            "(this version writes it) before the report")
+            raise UserError(f"no {path}: re-run `llm-asr evaluate {HOW[system]} --out "
+                            f"{path.parent / 'metrics.json'}` (this version writes it) before the report")
         hyps[system] = read_hyps(path)
     common = set.intersection(*({d["id"] for d in h} for h in hyps.values()))
     if not common:
@@ -87,7 +87,7 @@ def peer(paths: Paths) -> dict[str, Any] | None:
         console.print(f"peer table: {dropped} of the peer's {len(hyps[PEER])} utterances were not scored by "
                       f"every system; the table uses the {len(common)} all of them scored")
     same = {s: metrics_json(s, "same utterances", by_language([d for d in h if d["id"] in common]))
-            for s, h in ((s, hyps[s]) for s in (*SYSTEMS, PEER))}
+            for s, h in hyps.items()}
     result.update(same_utterances=same, same_utterances_count=len(common), peer_utterances_not_shared=dropped)
     return result
 
